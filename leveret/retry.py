@@ -1,0 +1,144 @@
+"""Settling a delivery: the one pure decision behind ack, retry and dead-letter.
+
+A consumer never needs the retry policy. On a transient failure it republishes
+the message to ``<queue>.retry`` with the retry count plus one; the topology
+routes it to the tier of that count, or (no tier bound for it) through the
+alternate exchange to the dead-letter queue. On a permanent failure it
+publishes to ``<queue>.dead``. Either way it acks the original only after the
+republish is confirmed. This module builds those republishes; the I/O loops in
+:mod:`leveret.consumers` perform them.
+"""
+
+from __future__ import annotations
+
+import traceback as tb
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from leveret import topology, wire
+from leveret.errors import DeadLetter, MessageError
+
+MAX_ERROR_MESSAGE = 1024
+MAX_TRACEBACK = 4096
+MAX_HEADER_VALUE = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Processed: acknowledge the delivery."""
+
+    outcome: str = "processed"
+
+
+@dataclass(frozen=True, slots=True)
+class Republish:
+    """Failed: publish this copy (with confirms), then ack the original.
+
+    If the copy is not confirmed, the original is rejected without requeue, so
+    the queue's own dead-letter exchange still keeps it.
+    """
+
+    exchange: str
+    headers: dict[str, Any]
+    outcome: str
+    reason: str
+    error: str
+
+    routing_key: str = ""
+
+
+Decision = Ack | Republish
+
+
+def failure(
+    delivery: wire.Delivery,
+    queue: str,
+    exc: BaseException,
+    *,
+    consumer: str,
+    max_attempts: int | None = None,
+    now: datetime | None = None,
+) -> Republish:
+    """Decide where a failed delivery goes.
+
+    A :class:`~leveret.errors.MessageError` (bad JSON, unknown type or version,
+    schema violation) or a :class:`~leveret.errors.DeadLetter` raised by the
+    handler goes straight to the dead-letter queue; anything else is transient
+    and goes down the retry path.
+
+    Args:
+        delivery: the failed delivery.
+        queue: the queue it was consumed from (whose retry path it takes).
+        exc: what went wrong.
+        consumer: who failed it, for the ``leveret-failed-by`` header.
+        max_attempts: the queue's policy, when the consumer knows it: only to
+            label the outcome (the broker routes by the count either way).
+        now: the failure time (for tests).
+    """
+    stamp = (now or datetime.now(UTC)).isoformat(timespec="milliseconds")
+    permanent = isinstance(exc, MessageError | DeadLetter)
+    if isinstance(exc, MessageError):
+        reason = exc.reason
+    elif isinstance(exc, DeadLetter):
+        reason = "dead-letter"
+    else:
+        reason = wire.HANDLER_ERROR
+    message = truncate(str(exc) or type(exc).__name__, MAX_ERROR_MESSAGE)
+    # x- headers belong to the broker (x-death and friends); our own count is
+    # the truth, so the copy carries none of them.
+    headers = {k: v for k, v in delivery.headers.items() if not k.startswith("x-")}
+    headers.update(
+        {
+            wire.RETRY_COUNT: delivery.retry_count + 1,
+            wire.REASON: reason,
+            wire.ERROR_TYPE: truncate(type(exc).__name__, MAX_HEADER_VALUE),
+            wire.ERROR_MESSAGE: message,
+            wire.LAST_FAILED_AT: stamp,
+            wire.FAILED_BY: truncate(consumer, MAX_HEADER_VALUE),
+            wire.FAILED_QUEUE: queue,
+        }
+    )
+    headers.setdefault(wire.FIRST_FAILED_AT, stamp)
+    headers.setdefault(wire.ORIGINAL_EXCHANGE, delivery.exchange)
+    headers.setdefault(wire.ORIGINAL_ROUTING_KEY, delivery.routing_key)
+    if exc.__traceback__ is not None and not permanent:
+        text = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
+        headers[wire.ERROR_TRACEBACK] = truncate(text, MAX_TRACEBACK, keep="end")
+    else:
+        headers.pop(wire.ERROR_TRACEBACK, None)
+    if permanent:
+        return Republish(
+            exchange=topology.dead_exchange(queue),
+            headers=headers,
+            outcome="dead_lettered",
+            reason=reason,
+            error=message,
+        )
+    exhausted = max_attempts is not None and delivery.attempt >= max_attempts
+    return Republish(
+        exchange=topology.retry_exchange(queue),
+        headers=headers,
+        outcome="dead_lettered" if exhausted else "retry_scheduled",
+        reason=reason,
+        error=message,
+    )
+
+
+def truncate(text: str, limit: int, *, keep: str = "start") -> str:
+    """Cut ``text`` to at most ``limit`` UTF-8 bytes, marking the cut.
+
+    Args:
+        text: the text to cut.
+        limit: the largest size in bytes.
+        keep: ``"start"`` keeps the beginning, ``"end"`` the end (for tracebacks,
+            whose last lines say the most).
+    """
+    data = text.encode("utf-8")
+    if len(data) <= limit:
+        return text
+    marker = "…[truncated]"
+    room = limit - len(marker.encode("utf-8"))
+    if keep == "end":
+        return marker + data[-room:].decode("utf-8", errors="ignore")
+    return data[:room].decode("utf-8", errors="ignore") + marker

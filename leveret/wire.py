@@ -1,0 +1,97 @@
+"""The wire format: AMQP properties and headers, the same for every language.
+
+``docs/contract.md`` is the prose version of this module. Header names carry no
+``x-`` prefix on purpose: RabbitMQ's headers exchange ignores binding arguments
+that start with ``x-``, and the retry count is routed on.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+CONTENT_TYPE = "application/json"
+
+VERSION = "leveret-version"
+"""Schema version of the body, an integer."""
+RETRY_COUNT = "leveret-retry-count"
+"""Failed attempts so far, an integer; absent (0) on the first delivery."""
+REASON = "leveret-reason"
+"""Why the last attempt failed: ``handler-error`` or a permanent reason."""
+ERROR_TYPE = "leveret-error-type"
+ERROR_MESSAGE = "leveret-error-message"
+ERROR_TRACEBACK = "leveret-error-traceback"
+FIRST_FAILED_AT = "leveret-first-failed-at"
+LAST_FAILED_AT = "leveret-last-failed-at"
+FAILED_BY = "leveret-failed-by"
+FAILED_QUEUE = "leveret-failed-queue"
+ORIGINAL_EXCHANGE = "leveret-original-exchange"
+ORIGINAL_ROUTING_KEY = "leveret-original-routing-key"
+
+HANDLER_ERROR = "handler-error"
+"""The reason recorded for a transient failure (an exception in a handler)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A message ready to publish: body, routing and the contract's properties.
+
+    The sync and async publishers both turn an :class:`Envelope` into their
+    client's message object; nothing else differs between them.
+    """
+
+    exchange: str
+    routing_key: str
+    body: bytes
+    message_id: str
+    type: str
+    headers: dict[str, Any]
+    timestamp: int
+    correlation_id: str | None = None
+    content_type: str = CONTENT_TYPE
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A received message, client-neutral: what the consumer core decides on."""
+
+    body: bytes
+    exchange: str
+    routing_key: str
+    message_id: str | None = None
+    type: str | None = None
+    content_type: str | None = None
+    correlation_id: str | None = None
+    timestamp: int | None = None
+    redelivered: bool = False
+    headers: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def version(self) -> int | None:
+        """The schema version header, when it is an integer."""
+        value = self.headers.get(VERSION)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    @property
+    def retry_count(self) -> int:
+        """Failed attempts before this delivery (0 on the first)."""
+        value = self.headers.get(RETRY_COUNT, 0)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    @property
+    def attempt(self) -> int:
+        """The number of this attempt, from 1."""
+        return self.retry_count + 1
+
+
+def new_message_id() -> str:
+    """Return a fresh message id (a UUID4 string)."""
+    return str(uuid.uuid4())
+
+
+def now_seconds() -> int:
+    """Return the AMQP timestamp for now (whole seconds since the epoch)."""
+    return int(time.time())
