@@ -1,0 +1,226 @@
+"""The asyncio publisher, on aio-pika, for FastAPI and other asyncio apps."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any
+
+import aio_pika
+import aiormq
+import aiormq.exceptions
+import structlog
+from pamqp import commands as spec
+
+from leveret import connection, wire
+from leveret.errors import BrokerUnavailable, NotConfirmed, TopologyMissing, Unroutable
+from leveret.messages import Message
+from leveret.publisher.core import (
+    DEFAULT_MAX_SIZE,
+    RECONNECT_TIMEOUT,
+    PublisherCore,
+    missing_exchange,
+    unroutable,
+)
+
+log = structlog.get_logger(__name__)
+
+CONNECTION_ERRORS = (
+    aiormq.exceptions.AMQPConnectionError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    ConnectionError,
+    OSError,
+    asyncio.TimeoutError,
+)
+
+
+def amqp_properties(env: wire.Envelope, app_id: str | None = None) -> spec.Basic.Properties:
+    """The aiormq properties of an envelope."""
+    return spec.Basic.Properties(
+        content_type=env.content_type,
+        delivery_mode=2,
+        message_id=env.message_id,
+        message_type=env.type,
+        timestamp=datetime.fromtimestamp(env.timestamp, UTC),
+        correlation_id=env.correlation_id,
+        headers=env.headers,
+        app_id=app_id,
+    )
+
+
+async def connect(
+    urls: Sequence[str], *, name: str, attempts: int = 1
+) -> aio_pika.abc.AbstractConnection:
+    """Connect to the first node that answers, trying each URL in turn.
+
+    Raises:
+        BrokerUnavailable: no node answered, or the credentials were refused.
+    """
+    last: BaseException | None = None
+    for _ in range(attempts):
+        for url in urls:
+            try:
+                return await aio_pika.connect(
+                    connection.with_query(url, heartbeat=connection.HEARTBEAT),
+                    client_properties={"connection_name": name},
+                )
+            except aiormq.exceptions.ProbableAuthenticationError as exc:
+                raise BrokerUnavailable(
+                    f"broker at {connection.redact(url)} refused the credentials"
+                ) from exc
+            except CONNECTION_ERRORS as exc:
+                last = exc
+    raise BrokerUnavailable(connection.unreachable(urls)) from last
+
+
+class AsyncPublisher:
+    """Publish messages with confirms from asyncio code.
+
+    Many tasks may publish at once: their confirms are pipelined on one channel.
+
+    Args:
+        urls: the broker URL, or several (a cluster's nodes).
+        max_size: largest body in bytes.
+        reconnect_timeout: seconds to keep reconnecting before a publish fails.
+        app_id: the ``app_id`` property of every message.
+    """
+
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        *,
+        max_size: int = DEFAULT_MAX_SIZE,
+        reconnect_timeout: float = RECONNECT_TIMEOUT,
+        app_id: str | None = None,
+    ) -> None:
+        self.core = PublisherCore.create(
+            urls, max_size=max_size, reconnect_timeout=reconnect_timeout, app_id=app_id
+        )
+        self._conn: aio_pika.abc.AbstractConnection | None = None
+        self._channel: aiormq.abc.AbstractChannel | None = None
+        self._lock = asyncio.Lock()
+
+    async def __aenter__(self) -> AsyncPublisher:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def publish(
+        self,
+        message: Message,
+        *,
+        exchange: str | None = None,
+        routing_key: str | None = None,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Publish one message and wait until the broker confirmed it.
+
+        Takes the same arguments, returns and raises the same as
+        :meth:`leveret.publisher.Publisher.publish`.
+        """
+        env = self.core.envelope(
+            message,
+            exchange=exchange,
+            routing_key=routing_key,
+            message_id=message_id,
+            correlation_id=correlation_id,
+            headers=headers,
+        )
+        await self.send(env)
+        return env.message_id
+
+    async def send(self, env: wire.Envelope) -> None:
+        """Publish a ready envelope with confirms, reconnecting as needed."""
+        properties = amqp_properties(env, self.core.app_id)
+        deadline = time.monotonic() + self.core.reconnect_timeout
+        delay = 0.1
+        while True:
+            channel = None
+            try:
+                channel = await self._ensure_channel()
+                result = await channel.basic_publish(
+                    env.body,
+                    exchange=env.exchange,
+                    routing_key=env.routing_key,
+                    properties=properties,
+                    mandatory=True,
+                )
+                if not isinstance(result, spec.Basic.Ack):
+                    raise Unroutable(unroutable(env))
+                break
+            except aiormq.exceptions.PublishError as exc:
+                raise Unroutable(unroutable(env)) from exc
+            except aiormq.exceptions.DeliveryError as exc:
+                raise NotConfirmed(f"broker nacked message {env.message_id}") from exc
+            except aiormq.exceptions.ChannelNotFoundEntity as exc:
+                self._channel = None
+                raise TopologyMissing(missing_exchange(env)) from exc
+            except aiormq.exceptions.ChannelClosed as exc:
+                self._channel = None
+                raise NotConfirmed(f"channel closed by broker: {exc}") from exc
+            except CONNECTION_ERRORS as exc:
+                await self._drop(channel)
+                if time.monotonic() + delay > deadline:
+                    raise BrokerUnavailable(connection.unreachable(self.core.urls)) from exc
+                log.warning(
+                    "publisher.reconnecting", error=type(exc).__name__, retry_in=round(delay, 2)
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        log.debug(
+            "message.published",
+            message_id=env.message_id,
+            type=env.type,
+            exchange=env.exchange,
+            routing_key=env.routing_key,
+        )
+
+    async def close(self) -> None:
+        """Close the connection; the publisher reconnects if used again."""
+        await self._drop(self._channel)
+
+    async def _ensure_channel(self) -> aiormq.abc.AbstractChannel:
+        channel = self._channel
+        if channel is not None and not channel.is_closed:
+            return channel
+        async with self._lock:
+            if self._channel is not None and not self._channel.is_closed:
+                return self._channel
+            if self._conn is None or self._conn.is_closed:
+                try:
+                    self._conn = await connect(self.core.urls, name="leveret-publisher")
+                except BrokerUnavailable as exc:
+                    raise ConnectionError(str(exc)) from exc
+                # aio-pika's is_closed only reflects close() calls, not a broker
+                # that dropped us: forget the connection as soon as it is gone.
+                self._conn.close_callbacks.add(self._forget)
+            aio_channel = await self._conn.channel(publisher_confirms=True, on_return_raises=True)
+            self._channel = await aio_channel.get_underlay_channel()
+            return self._channel
+
+    def _forget(self, conn: object, *_: object) -> None:
+        if conn is self._conn:
+            self._conn, self._channel = None, None
+
+    async def _drop(self, channel: aiormq.abc.AbstractChannel | None) -> None:
+        # Only the task that saw the failure of the current channel resets it;
+        # others that failed on the same channel find a fresh one already.
+        if channel is not None and channel is not self._channel:
+            return
+        conn, self._conn, self._channel = self._conn, None, None
+        if conn is not None and not conn.is_closed:
+            try:
+                await conn.close()
+            except CONNECTION_ERRORS:
+                pass

@@ -1,0 +1,117 @@
+"""What both publishers share: building the envelope and checking it.
+
+No I/O here. :class:`leveret.publisher.Publisher` (pika) and
+:class:`leveret.publisher.AsyncPublisher` (aio-pika) only send what
+:meth:`PublisherCore.envelope` builds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from leveret import connection, wire
+from leveret.errors import ConfigurationError, MessageTooLarge
+from leveret.messages import Message
+
+DEFAULT_MAX_SIZE = 1024 * 1024
+"""Largest body published by default (1 MiB): queues are for tasks, not files."""
+
+RECONNECT_TIMEOUT = 30.0
+"""Seconds a publish keeps trying to reach the broker before it gives up."""
+
+
+@dataclass(frozen=True)
+class PublisherCore:
+    """Settings and envelope rules shared by the sync and async publishers.
+
+    Args:
+        urls: the broker URL, or several (a cluster's nodes).
+        max_size: largest body in bytes; larger messages are refused before sending.
+        reconnect_timeout: seconds to keep reconnecting before a publish fails.
+        app_id: written into the ``app_id`` property, to tell publishers apart.
+    """
+
+    urls: tuple[str, ...]
+    max_size: int = DEFAULT_MAX_SIZE
+    reconnect_timeout: float = RECONNECT_TIMEOUT
+    app_id: str | None = None
+
+    @classmethod
+    def create(
+        cls,
+        urls: str | Sequence[str],
+        *,
+        max_size: int = DEFAULT_MAX_SIZE,
+        reconnect_timeout: float = RECONNECT_TIMEOUT,
+        app_id: str | None = None,
+    ) -> PublisherCore:
+        """Build the settings, checking the URLs."""
+        return cls(tuple(connection.split_urls(urls)), max_size, reconnect_timeout, app_id)
+
+    @property
+    def where(self) -> str:
+        """The broker addresses, redacted, for messages."""
+        return connection.describe(self.urls)
+
+    def envelope(
+        self,
+        message: Message,
+        *,
+        exchange: str | None = None,
+        routing_key: str | None = None,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+    ) -> wire.Envelope:
+        """Build the envelope of ``message``: body, routing, properties and headers.
+
+        Raises:
+            ConfigurationError: no exchange or routing key, given or defaulted.
+            MessageTooLarge: the body exceeds ``max_size``.
+        """
+        if not isinstance(message, Message) or not hasattr(message, "message_type"):
+            raise ConfigurationError(
+                f"publish takes an instance of a Message subclass with a type and version, "
+                f"got {type(message).__name__}"
+            )
+        exchange = exchange if exchange is not None else message.default_exchange
+        routing_key = routing_key if routing_key is not None else message.default_routing_key
+        if exchange is None or routing_key is None:
+            raise ConfigurationError(
+                f"{message.message_type} v{message.message_version}: no exchange or routing key; "
+                "pass them to publish() or set them on the message class"
+            )
+        body = message.to_json()
+        if len(body) > self.max_size:
+            raise MessageTooLarge(
+                f"{message.message_type} v{message.message_version}: body is {len(body)} bytes, "
+                f"over the limit of {self.max_size}"
+            )
+        all_headers = dict(headers or {})
+        all_headers[wire.VERSION] = message.message_version
+        all_headers.pop(wire.RETRY_COUNT, None)
+        return wire.Envelope(
+            exchange=exchange,
+            routing_key=routing_key,
+            body=body,
+            message_id=message_id or wire.new_message_id(),
+            type=message.message_type,
+            headers=all_headers,
+            timestamp=wire.now_seconds(),
+            correlation_id=correlation_id,
+        )
+
+
+def unroutable(env: wire.Envelope) -> str:
+    """The message of :class:`~leveret.errors.Unroutable` for an envelope."""
+    return (
+        f"message {env.message_id} ({env.type}) is unroutable: no queue is bound to exchange "
+        f"{env.exchange!r} with routing key {env.routing_key!r}"
+    )
+
+
+def missing_exchange(env: wire.Envelope) -> str:
+    """The message of :class:`~leveret.errors.TopologyMissing` for a publish."""
+    return f"exchange {env.exchange!r} does not exist; run `leveret topology apply`"
