@@ -1,0 +1,454 @@
+"""The worker: consumes an app's queues with aio-pika and settles every delivery.
+
+Async handlers run on the event loop, sync handlers in a thread pool, so the
+connection's heartbeats never wait for a handler. A delivery is acked only
+after its handler returned; a failure is republished (retry tier or dead-letter
+queue, see :mod:`leveret.retry`) and the original acked only once the copy is
+confirmed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiormq
+import aiormq.abc
+import aiormq.exceptions
+import structlog
+from pamqp import commands as spec
+from structlog.contextvars import bound_contextvars
+
+from leveret import admin, connection, retry, wire
+from leveret.consumers.app import App, Context, Handler
+from leveret.errors import BrokerUnavailable, ConfigurationError, TopologyMissing
+from leveret.messages import Message
+from leveret.publisher.aio import CONNECTION_ERRORS, connect
+
+log = structlog.get_logger(__name__)
+
+CHECK_INTERVAL = 5.0
+"""Seconds between checks that the consumers are still registered."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to one delivery; logged, and passed to ``on_outcome``."""
+
+    message_id: str | None
+    type: str | None
+    version: int | None
+    queue: str
+    attempt: int
+    outcome: str
+    duration: float
+    reason: str | None = None
+    error: str | None = None
+
+
+class Worker:
+    """Run an app's handlers against the broker until stopped.
+
+    Args:
+        app: the app whose handlers run.
+        urls: the broker URL, or several (a cluster's nodes).
+        queues: the queues to consume (default: every queue with a handler).
+        concurrency: handlers running at once.
+        prefetch: unacked deliveries the broker may send ahead (default: ``concurrency``).
+        grace: seconds in-flight handlers get to finish on shutdown.
+        health_file: a file touched every few seconds while the worker is
+            connected and its consumers are registered (for container health checks).
+        on_outcome: called with an :class:`Outcome` for every settled delivery.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        urls: str | Sequence[str],
+        *,
+        queues: Sequence[str] | None = None,
+        concurrency: int = 8,
+        prefetch: int | None = None,
+        grace: float = 30.0,
+        health_file: str | Path | None = None,
+        on_outcome: Callable[[Outcome], None] | None = None,
+    ) -> None:
+        self.app = app
+        self.urls = connection.split_urls(urls)
+        self.queues = list(queues) if queues else app.queues()
+        if not self.queues:
+            raise ConfigurationError("the app has no handlers, so there is nothing to consume")
+        for q in self.queues:
+            if q not in app.handlers:
+                raise ConfigurationError(f"queue {q!r} has no handler in the app")
+        if concurrency < 1:
+            raise ConfigurationError("concurrency must be at least 1")
+        self.concurrency = concurrency
+        self.prefetch = prefetch or concurrency
+        self.grace = grace
+        self.health_file = Path(health_file) if health_file else None
+        self.on_outcome = on_outcome
+        self.identity = f"{socket.gethostname()}:{os.getpid()}"
+        self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="leveret-handler")
+        self._slots = asyncio.Semaphore(concurrency)
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        """Ask the worker to shut down gracefully (safe from a signal handler)."""
+        self._stop.set()
+
+    async def run(self, *, install_signal_handlers: bool = False) -> None:
+        """Consume until :meth:`stop` (or SIGTERM/SIGINT, if installed), reconnecting as needed.
+
+        Raises:
+            BrokerUnavailable: the broker cannot be reached at start.
+            TopologyMissing: a queue or exchange the worker needs does not exist.
+        """
+        loop = asyncio.get_running_loop()
+        if install_signal_handlers:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop)
+        started = False
+        delay = 0.5
+        try:
+            while not self._stop.is_set():
+                try:
+                    started = await self._session(started)
+                    delay = 0.5
+                except BrokerUnavailable:
+                    if not started:
+                        raise
+                    log.warning("worker.broker_unavailable", retry_in=delay)
+                except (*CONNECTION_ERRORS, aiormq.exceptions.ChannelClosed) as exc:
+                    if isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity) and not started:
+                        raise TopologyMissing(f"{exc}; run `leveret topology apply`") from exc
+                    log.warning("worker.connection_lost", error=connection.redact(str(exc)) or type(exc).__name__)
+                if not self._stop.is_set():
+                    await _wait(self._stop, delay)
+                    delay = min(delay * 2, 10.0)
+        finally:
+            if install_signal_handlers:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            log.info("worker.stopped")
+
+    async def _session(self, started: bool) -> bool:
+        """One connection's life: consume until stopped or the connection drops."""
+        conn = await connect(self.urls, name=f"leveret-worker {self.identity}")
+        lost = asyncio.Event()
+        monitor: asyncio.Task[None] | None = None
+        try:
+            conn.close_callbacks.add(lambda *_: lost.set())
+            check = await self._channel(conn, lost, watch=False)
+            await self._verify(conn)
+            publish = await self._channel(conn, lost, confirms=True)
+            consume = await self._channel(conn, lost, prefetch=self.prefetch)
+            tags = []
+            for queue in self.queues:
+                ok = await consume.basic_consume(
+                    queue, self._deliver_to(queue, consume, publish), no_ack=False
+                )
+                tags.append(ok.consumer_tag)
+            await self._check_consumers(check)
+            log.info(
+                "worker.consuming" if not started else "worker.resumed",
+                queues=self.queues,
+                concurrency=self.concurrency,
+                prefetch=self.prefetch,
+                broker=connection.describe(self.urls),
+            )
+            started = True
+            self._stopping = False
+            monitor = asyncio.create_task(self._monitor(check, lost))
+            await _first(self._stop, lost)
+            if self._stop.is_set() and not lost.is_set():
+                await self._drain(consume, tags)
+            return started
+        finally:
+            if monitor is not None:
+                monitor.cancel()
+            if not conn.is_closed:
+                try:
+                    await conn.close()
+                except CONNECTION_ERRORS:
+                    pass
+
+    async def _channel(
+        self,
+        conn: aiormq.abc.AbstractConnection,
+        lost: asyncio.Event,
+        *,
+        confirms: bool = False,
+        prefetch: int | None = None,
+        watch: bool = True,
+    ) -> aiormq.abc.AbstractChannel:
+        ch = await conn.channel(publisher_confirms=confirms, on_return_raises=confirms)
+        if prefetch:
+            await ch.set_qos(prefetch_count=prefetch)
+        if watch:
+            # A channel closed by the broker takes its consumers with it while the
+            # connection stays up: treat it as a lost connection and start over.
+            ch.close_callbacks.add(lambda *_: lost.set())
+        return await ch.get_underlay_channel()
+
+    async def _verify(self, conn: aiormq.abc.AbstractConnection) -> None:
+        missing = []
+        for kind, name in admin.required(self.app.topology, self.queues):
+            ch = await (await conn.channel()).get_underlay_channel()
+            try:
+                if kind == "queue":
+                    await ch.queue_declare(name, passive=True)
+                else:
+                    await ch.exchange_declare(name, passive=True)
+                await ch.close()
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                missing.append(f"{kind} {name!r}")
+        if missing:
+            raise TopologyMissing(
+                "missing on the broker: " + ", ".join(missing) + "; run `leveret topology apply`"
+            )
+
+    async def _check_consumers(self, ch: aiormq.abc.AbstractChannel) -> None:
+        # A reconnect that leaves zero consumers is the classic silent failure of
+        # "robust" connections: ask the broker rather than trust the client.
+        for queue in self.queues:
+            ok = await ch.queue_declare(queue, passive=True)
+            if ok.consumer_count == 0:
+                raise aiormq.exceptions.ChannelInvalidStateError(f"no consumer registered on {queue!r}")
+
+    async def _monitor(self, ch: aiormq.abc.AbstractChannel, lost: asyncio.Event) -> None:
+        while not lost.is_set():
+            try:
+                await self._check_consumers(ch)
+            except (*CONNECTION_ERRORS, aiormq.exceptions.AMQPError) as exc:
+                log.error("worker.consumers_lost", error=str(exc))
+                lost.set()
+                return
+            if self.health_file is not None:
+                self.health_file.write_text(str(time.time()))
+            await asyncio.sleep(CHECK_INTERVAL)
+
+    async def _drain(self, consume: aiormq.abc.AbstractChannel, tags: list[str]) -> None:
+        """Stop taking messages and let in-flight handlers finish within the grace period."""
+        self._stopping = True
+        for tag in tags:
+            try:
+                await consume.basic_cancel(tag)
+            except (*CONNECTION_ERRORS, aiormq.exceptions.AMQPError):
+                return
+        pending = set(self._inflight)
+        log.info("worker.draining", in_flight=len(pending), grace=self.grace)
+        if pending:
+            _done, left = await asyncio.wait(pending, timeout=self.grace)
+            if left:
+                log.warning("worker.grace_expired", unfinished=len(left))
+                for task in left:
+                    task.cancel()
+
+    def _deliver_to(
+        self,
+        queue: str,
+        consume: aiormq.abc.AbstractChannel,
+        publish: aiormq.abc.AbstractChannel,
+    ) -> Callable[[aiormq.abc.DeliveredMessage], object]:
+        async def on_message(dm: aiormq.abc.DeliveredMessage) -> None:
+            tag = dm.delivery.delivery_tag
+            if self._stopping:
+                await consume.basic_reject(tag, requeue=True)
+                return
+            task = asyncio.current_task()
+            assert task is not None
+            self._inflight.add(task)
+            try:
+                async with self._slots:
+                    await self._process(queue, dm, consume, publish)
+            finally:
+                self._inflight.discard(task)
+
+        return on_message
+
+    async def _process(
+        self,
+        queue: str,
+        dm: aiormq.abc.DeliveredMessage,
+        consume: aiormq.abc.AbstractChannel,
+        publish: aiormq.abc.AbstractChannel,
+    ) -> None:
+        delivery = to_delivery(dm)
+        start = time.perf_counter()
+        with bound_contextvars(message_id=delivery.message_id, queue=queue, attempt=delivery.attempt):
+            decision: retry.Decision
+            try:
+                handler, message = self.app.resolve(queue, delivery)
+                await self._call(handler, message, _context(queue, delivery, message))
+                decision = retry.Ack()
+            except Exception as exc:  # every failure is settled, never raised
+                decision = retry.failure(
+                    delivery,
+                    queue,
+                    exc,
+                    consumer=f"{queue}@{self.identity}",
+                    max_attempts=self.app.topology.queue(queue).retry.max_attempts,
+                )
+            outcome = await self._settle(dm, decision, consume, publish)
+            self._report(queue, delivery, decision, outcome, time.perf_counter() - start)
+
+    async def _call(self, handler: Handler, message: Message, ctx: Context) -> None:
+        try:
+            if handler.is_async:
+                await asyncio.wait_for(handler.func(message, ctx), handler.timeout)  # type: ignore[arg-type]
+            else:
+                # copy_context: the handler's log lines keep the delivery's bound context.
+                call = contextvars.copy_context().run
+                future = asyncio.get_running_loop().run_in_executor(
+                    self._executor, call, handler.func, message, ctx
+                )
+                await asyncio.wait_for(future, handler.timeout)
+        except TimeoutError as exc:
+            raise TimeoutError(f"handler {handler.name} exceeded its timeout of {handler.timeout}s") from exc
+
+    async def _settle(
+        self,
+        dm: aiormq.abc.DeliveredMessage,
+        decision: retry.Decision,
+        consume: aiormq.abc.AbstractChannel,
+        publish: aiormq.abc.AbstractChannel,
+    ) -> str:
+        tag = dm.delivery.delivery_tag
+        try:
+            if isinstance(decision, retry.Ack):
+                await consume.basic_ack(tag)
+                return decision.outcome
+            confirmed = False
+            try:
+                result = await publish.basic_publish(
+                    dm.body,
+                    exchange=decision.exchange,
+                    routing_key=decision.routing_key,
+                    properties=republished(dm.header.properties, decision.headers),
+                    mandatory=True,
+                )
+                confirmed = isinstance(result, spec.Basic.Ack)
+            except (aiormq.exceptions.DeliveryError, aiormq.exceptions.ChannelClosed) as exc:
+                log.error("message.republish_failed", error=str(exc), exchange=decision.exchange)
+            if confirmed:
+                await consume.basic_ack(tag)
+                return decision.outcome
+            # Never ack a message whose copy the broker did not take: rejecting
+            # it sends it down the queue's own dead-letter exchange instead.
+            await consume.basic_reject(tag, requeue=False)
+            return "dead_lettered"
+        except (*CONNECTION_ERRORS, aiormq.exceptions.AMQPError) as exc:
+            log.warning("message.settle_failed", error=str(exc) or type(exc).__name__)
+            return "redelivery_pending"
+
+    def _report(
+        self, queue: str, delivery: wire.Delivery, decision: retry.Decision, outcome: str, duration: float
+    ) -> None:
+        failed = isinstance(decision, retry.Republish)
+        record = Outcome(
+            message_id=delivery.message_id,
+            type=delivery.type,
+            version=delivery.version,
+            queue=queue,
+            attempt=delivery.attempt,
+            outcome=outcome,
+            duration=duration,
+            reason=decision.reason if failed else None,
+            error=decision.error if failed else None,
+        )
+        if outcome == "processed":
+            log.info(f"message.{outcome}", type=record.type, version=record.version,
+                     duration_ms=round(duration * 1000, 2))
+        else:
+            level = log.error if outcome == "dead_lettered" else log.warning
+            level(
+                f"message.{outcome}",
+                type=record.type,
+                version=record.version,
+                duration_ms=round(duration * 1000, 2),
+                reason=record.reason,
+                error=record.error,
+            )
+        if self.on_outcome is not None:
+            self.on_outcome(record)
+
+
+def to_delivery(dm: aiormq.abc.DeliveredMessage) -> wire.Delivery:
+    """Turn an aiormq delivery into the client-neutral :class:`~leveret.wire.Delivery`."""
+    props = dm.header.properties
+    stamp = props.timestamp
+    return wire.Delivery(
+        body=dm.body,
+        exchange=dm.delivery.exchange or "",
+        routing_key=dm.delivery.routing_key or "",
+        message_id=props.message_id,
+        type=props.message_type,
+        content_type=props.content_type,
+        correlation_id=props.correlation_id,
+        timestamp=int(stamp.timestamp()) if isinstance(stamp, datetime) else None,
+        redelivered=bool(getattr(dm.delivery, "redelivered", False)),
+        headers=props.headers or {},
+    )
+
+
+def republished(props: spec.Basic.Properties, headers: dict[str, object]) -> spec.Basic.Properties:
+    """The properties of a retry or dead-letter copy: the original's, new headers.
+
+    ``expiration`` is dropped (the tier's TTL decides) and so is ``user_id``
+    (the broker checks it against the republishing connection's user).
+    """
+    return spec.Basic.Properties(
+        content_type=props.content_type,
+        content_encoding=props.content_encoding,
+        headers=headers,
+        delivery_mode=2,
+        priority=props.priority,
+        correlation_id=props.correlation_id,
+        reply_to=props.reply_to,
+        message_id=props.message_id,
+        timestamp=props.timestamp or datetime.now(UTC),
+        message_type=props.message_type,
+        app_id=props.app_id,
+    )
+
+
+def _context(queue: str, delivery: wire.Delivery, message: Message) -> Context:
+    return Context(
+        message_id=delivery.message_id or "",
+        type=message.message_type,
+        version=message.message_version,
+        queue=queue,
+        attempt=delivery.attempt,
+        redelivered=delivery.redelivered,
+        correlation_id=delivery.correlation_id,
+        headers=delivery.headers,
+    )
+
+
+async def _first(*events: asyncio.Event) -> None:
+    waiters = [asyncio.create_task(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+    except TimeoutError:
+        pass
