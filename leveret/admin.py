@@ -70,7 +70,9 @@ def apply(urls: str | Sequence[str], topology: Topology) -> int:
         for op in ops:
             _run(ch, op)
         stale = _unbind_stale_tiers(ch, topology)
-    log.info("topology.applied", operations=len(ops), queues=topology.queue_names(), stale_tiers=stale)
+    log.info(
+        "topology.applied", operations=len(ops), queues=topology.queue_names(), stale_tiers=stale
+    )
     return len(ops)
 
 
@@ -147,7 +149,9 @@ def required(topology: Topology, queues: Sequence[str] | None = None) -> list[tu
     return needs
 
 
-def verify(urls: str | Sequence[str], topology: Topology, queues: Sequence[str] | None = None) -> None:
+def verify(
+    urls: str | Sequence[str], topology: Topology, queues: Sequence[str] | None = None
+) -> None:
     """Check with passive declares that the described queues and exchanges exist.
 
     Raises:
@@ -200,7 +204,9 @@ def stats(urls: str | Sequence[str], topology: Topology) -> list[QueueStats]:
                 try:
                     ok = ch.queue_declare(name, passive=True)
                     rows.append(
-                        QueueStats(name, role, True, ok.method.message_count, ok.method.consumer_count)
+                        QueueStats(
+                            name, role, True, ok.method.message_count, ok.method.consumer_count
+                        )
                     )
                 except pika.exceptions.ChannelClosedByBroker:
                     rows.append(QueueStats(name, role, False))

@@ -106,7 +106,7 @@ class BrokerUnavailable(LeveretError):
     """The broker cannot be reached, or it refused the connection."""
 
 
-class Retry(Exception):  # noqa: N818 - a signal, not an error
+class Retry(Exception):
     """Raised by a handler to send the message down the retry path.
 
     Args:
@@ -117,7 +117,7 @@ class Retry(Exception):  # noqa: N818 - a signal, not an error
         super().__init__(reason)
 
 
-class DeadLetter(Exception):  # noqa: N818 - a signal, not an error
+class DeadLetter(Exception):
     """Raised by a handler to send the message to the dead-letter queue at once.
 
     Args:

@@ -16,7 +16,9 @@ import structlog
 from leveret.connection import redact
 
 
-def redact_urls(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+def redact_urls(
+    _logger: Any, _name: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     """A structlog processor that removes passwords from any URL in a string value."""
     for key, value in event.items():
         if isinstance(value, str) and "://" in value:
@@ -47,7 +49,9 @@ def configure(*, json: bool | None = None, level: str = "INFO") -> None:
             structlog.processors.format_exc_info,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )

@@ -54,7 +54,7 @@ class Message(BaseModel):
     def __init_subclass__(
         cls,
         *,
-        type: str | None = None,  # noqa: A002 - the contract calls it "type"
+        type: str | None = None,
         version: int | None = None,
         exchange: str | None = None,
         routing_key: str | None = None,

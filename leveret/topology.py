@@ -92,7 +92,9 @@ class RetryPolicy:
         if any(not math.isfinite(d) or d <= 0 for d in self.delays):
             raise ConfigurationError(f"delays must be positive seconds, got {self.delays}")
         if len(self.delays) >= MAX_ATTEMPTS_LIMIT:
-            raise ConfigurationError(f"at most {MAX_ATTEMPTS_LIMIT - 1} delays, got {len(self.delays)}")
+            raise ConfigurationError(
+                f"at most {MAX_ATTEMPTS_LIMIT - 1} delays, got {len(self.delays)}"
+            )
 
     def delay_for(self, retry_count: int) -> float:
         """Seconds a message waits after its ``retry_count``-th failure."""
@@ -143,7 +145,9 @@ class Queue:
 
     def stale_tier_names(self) -> list[str]:
         """Names of tier queues an earlier, longer policy may have left behind."""
-        return [tier_queue(self.name, i) for i in range(len(self.tier_queues()) + 1, MAX_ATTEMPTS_LIMIT)]
+        return [
+            tier_queue(self.name, i) for i in range(len(self.tier_queues()) + 1, MAX_ATTEMPTS_LIMIT)
+        ]
 
 
 @dataclass(frozen=True)

@@ -160,9 +160,7 @@ class App:
             )
         version = delivery.version
         if version is None:
-            raise UnknownVersion(
-                f"{delivery.type}: missing or non-integer {wire.VERSION} header"
-            )
+            raise UnknownVersion(f"{delivery.type}: missing or non-integer {wire.VERSION} header")
         model = handler.models.get(version)
         if model is None:
             raise UnknownVersion(

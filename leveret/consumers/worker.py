@@ -10,17 +10,20 @@ confirmed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import aio_pika.abc
 import aiormq
 import aiormq.abc
 import aiormq.exceptions
@@ -133,7 +136,10 @@ class Worker:
                 except (*CONNECTION_ERRORS, aiormq.exceptions.ChannelClosed) as exc:
                     if isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity) and not started:
                         raise TopologyMissing(f"{exc}; run `leveret topology apply`") from exc
-                    log.warning("worker.connection_lost", error=connection.redact(str(exc)) or type(exc).__name__)
+                    log.warning(
+                        "worker.connection_lost",
+                        error=connection.redact(str(exc)) or type(exc).__name__,
+                    )
                 if not self._stop.is_set():
                     await _wait(self._stop, delay)
                     delay = min(delay * 2, 10.0)
@@ -155,12 +161,12 @@ class Worker:
             await self._verify(conn)
             publish = await self._channel(conn, lost, confirms=True)
             consume = await self._channel(conn, lost, prefetch=self.prefetch)
-            tags = []
+            tags: list[str] = []
             for queue in self.queues:
                 ok = await consume.basic_consume(
                     queue, self._deliver_to(queue, consume, publish), no_ack=False
                 )
-                tags.append(ok.consumer_tag)
+                tags.append(str(ok.consumer_tag))
             await self._check_consumers(check)
             log.info(
                 "worker.consuming" if not started else "worker.resumed",
@@ -180,14 +186,12 @@ class Worker:
             if monitor is not None:
                 monitor.cancel()
             if not conn.is_closed:
-                try:
+                with contextlib.suppress(*CONNECTION_ERRORS):
                     await conn.close()
-                except CONNECTION_ERRORS:
-                    pass
 
     async def _channel(
         self,
-        conn: aiormq.abc.AbstractConnection,
+        conn: aio_pika.abc.AbstractConnection,
         lost: asyncio.Event,
         *,
         confirms: bool = False,
@@ -201,9 +205,10 @@ class Worker:
             # A channel closed by the broker takes its consumers with it while the
             # connection stays up: treat it as a lost connection and start over.
             ch.close_callbacks.add(lambda *_: lost.set())
-        return await ch.get_underlay_channel()
+        underlay: aiormq.abc.AbstractChannel = await ch.get_underlay_channel()
+        return underlay
 
-    async def _verify(self, conn: aiormq.abc.AbstractConnection) -> None:
+    async def _verify(self, conn: aio_pika.abc.AbstractConnection) -> None:
         missing = []
         for kind, name in admin.required(self.app.topology, self.queues):
             ch = await (await conn.channel()).get_underlay_channel()
@@ -226,7 +231,9 @@ class Worker:
         for queue in self.queues:
             ok = await ch.queue_declare(queue, passive=True)
             if ok.consumer_count == 0:
-                raise aiormq.exceptions.ChannelInvalidStateError(f"no consumer registered on {queue!r}")
+                raise aiormq.exceptions.ChannelInvalidStateError(
+                    f"no consumer registered on {queue!r}"
+                )
 
     async def _monitor(self, ch: aiormq.abc.AbstractChannel, lost: asyncio.Event) -> None:
         while not lost.is_set():
@@ -262,9 +269,9 @@ class Worker:
         queue: str,
         consume: aiormq.abc.AbstractChannel,
         publish: aiormq.abc.AbstractChannel,
-    ) -> Callable[[aiormq.abc.DeliveredMessage], object]:
+    ) -> Callable[[aiormq.abc.DeliveredMessage], Coroutine[Any, Any, None]]:
         async def on_message(dm: aiormq.abc.DeliveredMessage) -> None:
-            tag = dm.delivery.delivery_tag
+            tag = _tag(dm)
             if self._stopping:
                 await consume.basic_reject(tag, requeue=True)
                 return
@@ -288,7 +295,9 @@ class Worker:
     ) -> None:
         delivery = to_delivery(dm)
         start = time.perf_counter()
-        with bound_contextvars(message_id=delivery.message_id, queue=queue, attempt=delivery.attempt):
+        with bound_contextvars(
+            message_id=delivery.message_id, queue=queue, attempt=delivery.attempt
+        ):
             decision: retry.Decision
             try:
                 handler, message = self.app.resolve(queue, delivery)
@@ -317,7 +326,9 @@ class Worker:
                 )
                 await asyncio.wait_for(future, handler.timeout)
         except TimeoutError as exc:
-            raise TimeoutError(f"handler {handler.name} exceeded its timeout of {handler.timeout}s") from exc
+            raise TimeoutError(
+                f"handler {handler.name} exceeded its timeout of {handler.timeout}s"
+            ) from exc
 
     async def _settle(
         self,
@@ -326,7 +337,7 @@ class Worker:
         consume: aiormq.abc.AbstractChannel,
         publish: aiormq.abc.AbstractChannel,
     ) -> str:
-        tag = dm.delivery.delivery_tag
+        tag = _tag(dm)
         try:
             if isinstance(decision, retry.Ack):
                 await consume.basic_ack(tag)
@@ -355,9 +366,14 @@ class Worker:
             return "redelivery_pending"
 
     def _report(
-        self, queue: str, delivery: wire.Delivery, decision: retry.Decision, outcome: str, duration: float
+        self,
+        queue: str,
+        delivery: wire.Delivery,
+        decision: retry.Decision,
+        outcome: str,
+        duration: float,
     ) -> None:
-        failed = isinstance(decision, retry.Republish)
+        failed = decision if isinstance(decision, retry.Republish) else None
         record = Outcome(
             message_id=delivery.message_id,
             type=delivery.type,
@@ -366,12 +382,16 @@ class Worker:
             attempt=delivery.attempt,
             outcome=outcome,
             duration=duration,
-            reason=decision.reason if failed else None,
-            error=decision.error if failed else None,
+            reason=failed.reason if failed else None,
+            error=failed.error if failed else None,
         )
         if outcome == "processed":
-            log.info(f"message.{outcome}", type=record.type, version=record.version,
-                     duration_ms=round(duration * 1000, 2))
+            log.info(
+                f"message.{outcome}",
+                type=record.type,
+                version=record.version,
+                duration_ms=round(duration * 1000, 2),
+            )
         else:
             level = log.error if outcome == "dead_lettered" else log.warning
             level(
@@ -386,8 +406,14 @@ class Worker:
             self.on_outcome(record)
 
 
+def _tag(dm: aiormq.abc.DeliveredMessage) -> int:
+    assert isinstance(dm.delivery, spec.Basic.Deliver)
+    return int(dm.delivery.delivery_tag or 0)
+
+
 def to_delivery(dm: aiormq.abc.DeliveredMessage) -> wire.Delivery:
     """Turn an aiormq delivery into the client-neutral :class:`~leveret.wire.Delivery`."""
+    assert isinstance(dm.delivery, spec.Basic.Deliver)
     props = dm.header.properties
     stamp = props.timestamp
     return wire.Delivery(
@@ -404,7 +430,7 @@ def to_delivery(dm: aiormq.abc.DeliveredMessage) -> wire.Delivery:
     )
 
 
-def republished(props: spec.Basic.Properties, headers: dict[str, object]) -> spec.Basic.Properties:
+def republished(props: spec.Basic.Properties, headers: dict[str, Any]) -> spec.Basic.Properties:
     """The properties of a retry or dead-letter copy: the original's, new headers.
 
     ``expiration`` is dropped (the tier's TTL decides) and so is ``user_id``
@@ -448,7 +474,5 @@ async def _first(*events: asyncio.Event) -> None:
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> None:
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(event.wait(), timeout)
-    except TimeoutError:
-        pass

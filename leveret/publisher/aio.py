@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -220,7 +221,5 @@ class AsyncPublisher:
             return
         conn, self._conn, self._channel = self._conn, None, None
         if conn is not None and not conn.is_closed:
-            try:
+            with contextlib.suppress(*CONNECTION_ERRORS):
                 await conn.close()
-            except CONNECTION_ERRORS:
-                pass

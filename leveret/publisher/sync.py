@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -195,10 +196,8 @@ class Publisher:
     def _drop(self) -> None:
         conn, self._conn, self._channel = self._conn, None, None
         if conn is not None and conn.is_open:
-            try:
+            with contextlib.suppress(*_CONNECTION_ERRORS):
                 conn.close()
-            except _CONNECTION_ERRORS:
-                pass
 
     def _start_keeper(self) -> None:
         if self._keeper is None or not self._keeper.is_alive():
