@@ -1,0 +1,196 @@
+"""Dead-letter queues: list, replay and purge what landed in ``<queue>.dlq``.
+
+A dead-lettered message keeps its body, message id and properties; its
+headers say why it is there (see ``docs/contract.md``). Messages rejected by a
+plain AMQP client carry only RabbitMQ's ``x-death`` header, which is read too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import pika
+import pika.exceptions
+import structlog
+from pika.adapters.blocking_connection import BlockingChannel
+
+from leveret import admin, wire
+from leveret.errors import NotConfirmed, TopologyMissing
+from leveret.topology import dead_letter_queue
+
+log = structlog.get_logger(__name__)
+
+_RESET = (
+    wire.RETRY_COUNT,
+    wire.REASON,
+    wire.ERROR_TYPE,
+    wire.ERROR_MESSAGE,
+    wire.ERROR_TRACEBACK,
+    wire.FIRST_FAILED_AT,
+    wire.LAST_FAILED_AT,
+    wire.FAILED_BY,
+    wire.FAILED_QUEUE,
+)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One message in a dead-letter queue, as a person wants to read it."""
+
+    message_id: str | None
+    type: str | None
+    version: int | None
+    attempts: int
+    reason: str
+    error: str
+    failed_at: str
+    headers: Mapping[str, Any]
+    body: bytes
+
+
+def describe(props: pika.BasicProperties, body: bytes) -> DeadLetter:
+    """Read a dead-lettered message's properties into a :class:`DeadLetter`."""
+    headers = dict(props.headers or {})
+    deaths = headers.get("x-death") or []
+    death = deaths[0] if deaths and isinstance(deaths[0], dict) else {}
+    count = headers.get(wire.RETRY_COUNT)
+    attempts = count if isinstance(count, int) else 0
+    reason = headers.get(wire.REASON)
+    if reason is None:
+        # Not settled by a leveret-conformant consumer: a plain reject, or the
+        # quorum queue's delivery limit. The attempt that died counts too.
+        reason = str(death.get("reason", "unknown"))
+        attempts += 1
+    elif reason == wire.HANDLER_ERROR:
+        reason = "attempts-exhausted"
+    failed_at = headers.get(wire.LAST_FAILED_AT) or death.get("time") or ""
+    if isinstance(failed_at, datetime):
+        failed_at = failed_at.isoformat()
+    version = headers.get(wire.VERSION)
+    return DeadLetter(
+        message_id=props.message_id,
+        type=props.type,
+        version=version if isinstance(version, int) else None,
+        attempts=attempts,
+        reason=reason,
+        error=str(headers.get(wire.ERROR_MESSAGE, "")),
+        failed_at=str(failed_at),
+        headers=headers,
+        body=body,
+    )
+
+
+def _messages(
+    ch: BlockingChannel, queue: str
+) -> Iterator[tuple[pika.spec.Basic.GetOk, pika.BasicProperties, bytes]]:
+    """Get every message present now, unacked: the caller acks what it removes.
+
+    Whatever is not acked goes back to the queue when the channel closes.
+    """
+    try:
+        depth = ch.queue_declare(queue, passive=True).method.message_count
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        raise TopologyMissing(
+            f"queue {queue!r} does not exist; run `leveret topology apply`"
+        ) from exc
+    for _ in range(depth):
+        method, props, body = ch.basic_get(queue, auto_ack=False)
+        if method is None:
+            return
+        yield method, props, body
+
+
+def browse(urls: str | Sequence[str], queue: str, *, limit: int = 50) -> list[DeadLetter]:
+    """List up to ``limit`` messages of a queue's dead-letter queue, leaving them in place.
+
+    Args:
+        urls: the broker.
+        queue: the work queue (its dead-letter queue is ``<queue>.dlq``).
+        limit: the most messages to return, oldest first.
+    """
+    found: list[DeadLetter] = []
+    with admin.channel(urls, name="leveret-dlq") as ch:
+        for _method, props, body in _messages(ch, dead_letter_queue(queue)):
+            found.append(describe(props, body))
+            if len(found) >= limit:
+                break
+    return found
+
+
+def replay(
+    urls: str | Sequence[str],
+    queue: str,
+    *,
+    limit: int | None = None,
+    ids: Sequence[str] = (),
+) -> list[str]:
+    """Move dead-lettered messages back to their work queue, retry count reset.
+
+    Each copy goes through the default exchange straight to ``queue`` (no other
+    queue bound to the original routing key sees it again), keeps its message
+    id, and is confirmed before the dead-lettered original is acked.
+
+    Args:
+        urls: the broker.
+        queue: the work queue.
+        limit: replay at most this many.
+        ids: replay only these message ids (all by default).
+
+    Returns:
+        The ids replayed.
+
+    Raises:
+        NotConfirmed: the broker did not confirm a copy (that original stays in the DLQ).
+    """
+    wanted = set(ids)
+    replayed: list[str] = []
+    with admin.channel(urls, name="leveret-dlq") as ch:
+        pub = ch.connection.channel()
+        pub.confirm_delivery()
+        for method, props, body in _messages(ch, dead_letter_queue(queue)):
+            if limit is not None and len(replayed) >= limit:
+                break
+            if wanted and props.message_id not in wanted:
+                continue
+            headers = {
+                k: v
+                for k, v in (props.headers or {}).items()
+                if k not in _RESET and not k.startswith("x-")
+            }
+            copy = pika.BasicProperties(
+                content_type=props.content_type,
+                delivery_mode=pika.DeliveryMode.Persistent,
+                message_id=props.message_id,
+                type=props.type,
+                timestamp=props.timestamp,
+                correlation_id=props.correlation_id,
+                app_id=props.app_id,
+                headers=headers,
+            )
+            try:
+                pub.basic_publish("", queue, body, copy, mandatory=True)
+            except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
+                raise NotConfirmed(
+                    f"replay of {props.message_id} to {queue!r} was not confirmed"
+                ) from exc
+            ch.basic_ack(method.delivery_tag)
+            replayed.append(str(props.message_id))
+            log.info("message.replayed", message_id=props.message_id, queue=queue)
+    return replayed
+
+
+def purge(urls: str | Sequence[str], queue: str) -> int:
+    """Delete every message in a queue's dead-letter queue. Returns how many."""
+    with admin.channel(urls, name="leveret-dlq") as ch:
+        try:
+            ok = ch.queue_purge(dead_letter_queue(queue))
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            raise TopologyMissing(
+                f"queue {dead_letter_queue(queue)!r} does not exist; run `leveret topology apply`"
+            ) from exc
+    count = int(ok.method.message_count)
+    log.info("dlq.purged", queue=queue, messages=count)
+    return count
