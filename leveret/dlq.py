@@ -19,6 +19,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from leveret import admin, wire
 from leveret.errors import NotConfirmed, TopologyMissing
+from leveret.publisher.sync import pika_properties
 from leveret.topology import dead_letter_queue
 
 log = structlog.get_logger(__name__)
@@ -160,18 +161,21 @@ def replay(
                 for k, v in (props.headers or {}).items()
                 if k not in _RESET and not k.startswith("x-")
             }
-            copy = pika.BasicProperties(
-                content_type=props.content_type,
-                delivery_mode=pika.DeliveryMode.Persistent,
+            copy = wire.Envelope(
+                exchange="",
+                routing_key=queue,
+                body=body,
                 message_id=props.message_id,
                 type=props.type,
-                timestamp=props.timestamp,
-                correlation_id=props.correlation_id,
-                app_id=props.app_id,
                 headers=headers,
+                timestamp=props.timestamp or wire.now_seconds(),
+                correlation_id=props.correlation_id,
+                content_type=props.content_type or wire.CONTENT_TYPE,
             )
             try:
-                pub.basic_publish("", queue, body, copy, mandatory=True)
+                pub.basic_publish(
+                    "", queue, body, pika_properties(copy, props.app_id), mandatory=True
+                )
             except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
                 raise NotConfirmed(
                     f"replay of {props.message_id} to {queue!r} was not confirmed"

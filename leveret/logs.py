@@ -27,7 +27,7 @@ def redact_urls(
 
 
 def configure(*, json: bool | None = None, level: str = "INFO") -> None:
-    """Configure structlog once, for the process.
+    """Configure structlog once, for the process, and route stdlib logging through it.
 
     Args:
         json: render JSON lines; by default, JSON unless stderr is a terminal.
@@ -40,18 +40,37 @@ def configure(*, json: bool | None = None, level: str = "INFO") -> None:
         if json
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact_urls,
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            redact_urls,
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
+    # The AMQP clients log through the standard library; render their lines the
+    # same way, so a JSON log stays JSON.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+            foreign_pre_chain=shared,
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # Their connection and channel errors reach us as exceptions, which we
+    # translate and log once with context; their own lines would say it twice.
+    for noisy in ("pika", "aiormq", "aio_pika"):
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)

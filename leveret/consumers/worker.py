@@ -385,23 +385,16 @@ class Worker:
             reason=failed.reason if failed else None,
             error=failed.error if failed else None,
         )
-        if outcome == "processed":
-            log.info(
-                f"message.{outcome}",
-                type=record.type,
-                version=record.version,
-                duration_ms=round(duration * 1000, 2),
-            )
-        else:
-            level = log.error if outcome == "dead_lettered" else log.warning
-            level(
-                f"message.{outcome}",
-                type=record.type,
-                version=record.version,
-                duration_ms=round(duration * 1000, 2),
-                reason=record.reason,
-                error=record.error,
-            )
+        fields = {
+            "outcome": outcome,
+            "type": record.type,
+            "version": record.version,
+            "duration_ms": round(duration * 1000, 2),
+        }
+        if failed:
+            fields.update(reason=record.reason, error=record.error)
+        level = {"processed": log.info, "dead_lettered": log.error}.get(outcome, log.warning)
+        level(f"message.{outcome}", **fields)
         if self.on_outcome is not None:
             self.on_outcome(record)
 

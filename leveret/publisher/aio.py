@@ -77,7 +77,7 @@ async def connect(
     raise BrokerUnavailable(connection.unreachable(urls)) from last
 
 
-class AsyncPublisher:
+class AsyncPublisher(PublisherCore):
     """Publish messages with confirms from asyncio code.
 
     Many tasks may publish at once: their confirms are pipelined on one channel.
@@ -97,7 +97,7 @@ class AsyncPublisher:
         reconnect_timeout: float = RECONNECT_TIMEOUT,
         app_id: str | None = None,
     ) -> None:
-        self.core = PublisherCore.create(
+        super().__init__(
             urls, max_size=max_size, reconnect_timeout=reconnect_timeout, app_id=app_id
         )
         self._conn: aio_pika.abc.AbstractConnection | None = None
@@ -130,7 +130,7 @@ class AsyncPublisher:
         Takes the same arguments, returns and raises the same as
         :meth:`leveret.publisher.Publisher.publish`.
         """
-        env = self.core.envelope(
+        env = self.envelope(
             message,
             exchange=exchange,
             routing_key=routing_key,
@@ -143,8 +143,8 @@ class AsyncPublisher:
 
     async def send(self, env: wire.Envelope) -> None:
         """Publish a ready envelope with confirms, reconnecting as needed."""
-        properties = amqp_properties(env, self.core.app_id)
-        deadline = time.monotonic() + self.core.reconnect_timeout
+        properties = amqp_properties(env, self.app_id)
+        deadline = time.monotonic() + self.reconnect_timeout
         delay = 0.1
         while True:
             channel = None
@@ -173,7 +173,7 @@ class AsyncPublisher:
             except CONNECTION_ERRORS as exc:
                 await self._drop(channel)
                 if time.monotonic() + delay > deadline:
-                    raise BrokerUnavailable(connection.unreachable(self.core.urls)) from exc
+                    raise BrokerUnavailable(connection.unreachable(self.urls)) from exc
                 log.warning(
                     "publisher.reconnecting", error=type(exc).__name__, retry_in=round(delay, 2)
                 )
@@ -200,7 +200,7 @@ class AsyncPublisher:
                 return self._channel
             if self._conn is None or self._conn.is_closed:
                 try:
-                    self._conn = await connect(self.core.urls, name="leveret-publisher")
+                    self._conn = await connect(self.urls, name="leveret-publisher")
                 except BrokerUnavailable as exc:
                     raise ConnectionError(str(exc)) from exc
                 # aio-pika's is_closed only reflects close() calls, not a broker

@@ -8,7 +8,6 @@ No I/O here. :class:`leveret.publisher.Publisher` (pika) and
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from leveret import connection, wire
@@ -22,9 +21,11 @@ RECONNECT_TIMEOUT = 30.0
 """Seconds a publish keeps trying to reach the broker before it gives up."""
 
 
-@dataclass(frozen=True)
 class PublisherCore:
     """Settings and envelope rules shared by the sync and async publishers.
+
+    :class:`~leveret.publisher.Publisher` and :class:`~leveret.publisher.AsyncPublisher`
+    derive from it and add only their I/O loop.
 
     Args:
         urls: the broker URL, or several (a cluster's nodes).
@@ -33,22 +34,18 @@ class PublisherCore:
         app_id: written into the ``app_id`` property, to tell publishers apart.
     """
 
-    urls: tuple[str, ...]
-    max_size: int = DEFAULT_MAX_SIZE
-    reconnect_timeout: float = RECONNECT_TIMEOUT
-    app_id: str | None = None
-
-    @classmethod
-    def create(
-        cls,
+    def __init__(
+        self,
         urls: str | Sequence[str],
         *,
         max_size: int = DEFAULT_MAX_SIZE,
         reconnect_timeout: float = RECONNECT_TIMEOUT,
         app_id: str | None = None,
-    ) -> PublisherCore:
-        """Build the settings, checking the URLs."""
-        return cls(tuple(connection.split_urls(urls)), max_size, reconnect_timeout, app_id)
+    ) -> None:
+        self.urls = tuple(connection.split_urls(urls))
+        self.max_size = max_size
+        self.reconnect_timeout = reconnect_timeout
+        self.app_id = app_id
 
     @property
     def where(self) -> str:

@@ -51,7 +51,7 @@ def pika_properties(env: wire.Envelope, app_id: str | None = None) -> pika.Basic
     )
 
 
-class Publisher:
+class Publisher(PublisherCore):
     """Publish messages with confirms; safe to share between threads.
 
     pika connections are not thread-safe, so one lock guards the connection:
@@ -73,7 +73,7 @@ class Publisher:
         reconnect_timeout: float = RECONNECT_TIMEOUT,
         app_id: str | None = None,
     ) -> None:
-        self.core = PublisherCore.create(
+        super().__init__(
             urls, max_size=max_size, reconnect_timeout=reconnect_timeout, app_id=app_id
         )
         self._lock = threading.Lock()
@@ -123,7 +123,7 @@ class Publisher:
             TopologyMissing: the exchange does not exist.
             BrokerUnavailable: the broker stayed unreachable for ``reconnect_timeout``.
         """
-        env = self.core.envelope(
+        env = self.envelope(
             message,
             exchange=exchange,
             routing_key=routing_key,
@@ -136,8 +136,8 @@ class Publisher:
 
     def send(self, env: wire.Envelope) -> None:
         """Publish a ready envelope with confirms, reconnecting as needed."""
-        properties = pika_properties(env, self.core.app_id)
-        deadline = time.monotonic() + self.core.reconnect_timeout
+        properties = pika_properties(env, self.app_id)
+        deadline = time.monotonic() + self.reconnect_timeout
         delay = 0.1
         with self._lock:
             while True:
@@ -159,7 +159,7 @@ class Publisher:
                 except _CONNECTION_ERRORS as exc:
                     self._drop()
                     if time.monotonic() + delay > deadline:
-                        raise BrokerUnavailable(connection.unreachable(self.core.urls)) from exc
+                        raise BrokerUnavailable(connection.unreachable(self.urls)) from exc
                     log.warning(
                         "publisher.reconnecting", error=type(exc).__name__, retry_in=round(delay, 2)
                     )
@@ -184,7 +184,7 @@ class Publisher:
             return self._channel
         if self._conn is None or not self._conn.is_open:
             try:
-                self._conn = connection.connect(self.core.urls, name="leveret-publisher")
+                self._conn = connection.connect(self.urls, name="leveret-publisher")
             except BrokerUnavailable as exc:
                 # Retried by send() until the deadline, like a dropped connection.
                 raise pika.exceptions.AMQPConnectionError(str(exc)) from exc

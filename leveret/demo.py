@@ -1,0 +1,183 @@
+"""The demo pipeline shipped with leveret: ``leveret demo`` runs it end to end.
+
+Two message types on one direct exchange:
+
+* ``demo.export`` (versions 1 and 2): a report export, the seed of most web apps'
+  first background job; version 2 adds optional columns, a compatible change.
+* ``leveret.conformance`` (version 1): a task that fails ``fail_times`` times
+  and sleeps ``sleep_ms`` milliseconds per attempt, to exercise the failure
+  path on purpose; any language's worker can implement it in a few lines.
+
+Retry tiers are short (1 s, 2 s; 3 attempts) so the demo finishes in seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Literal
+
+import structlog
+from pydantic import Field
+
+from leveret import admin, dlq
+from leveret.consumers import App, Context, Outcome, Worker
+from leveret.messages import Message
+from leveret.publisher import AsyncPublisher
+from leveret.topology import Binding, Exchange, Queue, RetryPolicy, Topology
+
+log = structlog.get_logger(__name__)
+
+EXCHANGE = "leveret.demo"
+QUEUE = "leveret.demo.tasks"
+
+
+class ExportRequested(
+    Message, type="demo.export", version=1, exchange=EXCHANGE, routing_key="export"
+):
+    """A user asked for an export of their report."""
+
+    user_id: int = Field(ge=1)
+    format: Literal["csv", "xlsx"] = "csv"
+
+
+class ExportRequestedV2(
+    Message, type="demo.export", version=2, exchange=EXCHANGE, routing_key="export"
+):
+    """Version 2: the user may pick the columns."""
+
+    user_id: int = Field(ge=1)
+    format: Literal["csv", "xlsx"] = "csv"
+    columns: list[str] | None = None
+
+
+class Conformance(
+    Message, type="leveret.conformance", version=1, exchange=EXCHANGE, routing_key="conformance"
+):
+    """A task that fails on purpose: attempts up to ``fail_times`` raise."""
+
+    fail_times: int = Field(default=0, ge=0)
+    sleep_ms: int = Field(default=0, ge=0, le=600_000)
+    note: str | None = None
+
+
+TOPOLOGY = Topology(
+    exchanges=(Exchange(EXCHANGE),),
+    queues=(
+        Queue(
+            QUEUE,
+            bindings=(Binding(EXCHANGE, "export"), Binding(EXCHANGE, "conformance")),
+            retry=RetryPolicy(delays=(1.0, 2.0), max_attempts=3),
+        ),
+    ),
+)
+
+app = App(TOPOLOGY)
+
+
+class DemoFailure(RuntimeError):
+    """The failure a conformance task asks for."""
+
+
+@app.handler(ExportRequested, ExportRequestedV2, queue=QUEUE)
+async def export(message: ExportRequested | ExportRequestedV2, ctx: Context) -> None:
+    """Pretend to build the export (a real one would stream rows to a file)."""
+    columns = getattr(message, "columns", None) or ["id", "name", "total"]
+    await asyncio.sleep(0.05)
+    log.info("demo.export_written", user_id=message.user_id, format=message.format, columns=columns)
+
+
+@app.handler(Conformance, queue=QUEUE)
+def conformance(message: Conformance, ctx: Context) -> None:
+    """Sleep, then fail while the attempt is within ``fail_times``.
+
+    A sync handler on purpose: it runs in the worker's thread pool.
+    """
+    if message.sleep_ms:
+        time.sleep(message.sleep_ms / 1000)
+    if ctx.attempt <= message.fail_times:
+        raise DemoFailure(f"failing on purpose: attempt {ctx.attempt} of {message.fail_times}")
+
+
+# --- running the demo ---------------------------------------------------------
+
+DEMO_TIMEOUT = 50.0
+
+
+def batch() -> list[tuple[Message, str]]:
+    """The demo's messages, each with what should become of it."""
+    return [
+        (ExportRequested(user_id=1, format="csv"), "processed on attempt 1"),
+        (
+            ExportRequestedV2(user_id=2, format="xlsx", columns=["id", "total"]),
+            "processed on attempt 1",
+        ),
+        (Conformance(note="succeeds at once"), "processed on attempt 1"),
+        (Conformance(fail_times=1, note="fails once"), "processed on attempt 2"),
+        (Conformance(fail_times=99, note="always fails"), "dead-letter queue after 3 attempts"),
+    ]
+
+
+async def run(urls: str | Sequence[str]) -> list[dict[str, str]]:
+    """Run the demo: apply the topology, start a worker, publish, follow every message.
+
+    Returns:
+        One row per message: id, type, what was expected, where it ended.
+
+    Raises:
+        BrokerUnavailable: no broker to run against.
+    """
+    await asyncio.to_thread(admin.apply, urls, TOPOLOGY)
+    finals: dict[str, Outcome] = {}
+    done = asyncio.Event()
+    ids: list[str] = []
+
+    def record(outcome: Outcome) -> None:
+        if outcome.message_id in ids and outcome.outcome in ("processed", "dead_lettered"):
+            finals[outcome.message_id] = outcome
+            if len(finals) == len(ids):
+                done.set()
+
+    worker = Worker(app, urls, concurrency=4, on_outcome=record)
+    running = asyncio.create_task(worker.run())
+    rows = []
+    try:
+        async with AsyncPublisher(urls) as publisher:
+            for message, expected in batch():
+                message_id = await publisher.publish(message)
+                ids.append(message_id)
+                rows.append(
+                    {
+                        "id": message_id,
+                        "type": f"{message.message_type} v{message.message_version}",
+                        "expected": expected,
+                    }
+                )
+        await asyncio.wait_for(_until(done, running), DEMO_TIMEOUT)
+    finally:
+        worker.stop()
+        await running
+    in_dlq = {d.message_id: d for d in await asyncio.to_thread(dlq.browse, urls, QUEUE, limit=1000)}
+    for row in rows:
+        outcome = finals[row["id"]]
+        if outcome.outcome == "processed":
+            row["ended"] = f"processed on attempt {outcome.attempt}"
+        elif row["id"] in in_dlq:
+            dead = in_dlq[row["id"]]
+            row["ended"] = (
+                f"dead-letter queue after {dead.attempts} attempts ({dead.reason}: {dead.error})"
+            )
+        else:
+            row["ended"] = "dead-lettered, but not found in the dead-letter queue"
+    return rows
+
+
+async def _until(done: asyncio.Event, running: asyncio.Task[None]) -> None:
+    """Wait for ``done``, but fail at once if the worker died."""
+    waiter = asyncio.create_task(done.wait())
+    await asyncio.wait({waiter, running}, return_when=asyncio.FIRST_COMPLETED)
+    if not done.is_set():
+        waiter.cancel()
+        running.result()  # raises the worker's error
+        raise RuntimeError("the worker stopped before the demo finished")

@@ -1,0 +1,160 @@
+"""Fixtures: a real broker, unique names per test, a worker running in the test's loop.
+
+The broker is ``LEVERET_TEST_URL`` (default: the local one) when reachable, else a
+RabbitMQ container from testcontainers when a Docker engine exists; otherwise the
+broker tests fail with a clear message. They never skip silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+
+import pika
+import pytest
+
+from leveret import App, Outcome, Publisher, Topology, Worker, admin, connection
+from leveret.errors import BrokerUnavailable
+from tests import apps
+
+LOCAL_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Anything that takes the broker fixture is a broker test.
+    for item in items:
+        if "broker_url" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.broker)
+
+
+@pytest.fixture(scope="session")
+def broker_url() -> Iterator[str]:
+    """The URL of a running broker for the whole session."""
+    url = os.environ.get("LEVERET_TEST_URL", LOCAL_URL)
+    try:
+        connection.connect(url).close()
+        yield url
+        return
+    except BrokerUnavailable as exc:
+        reason = str(exc)
+    try:
+        from testcontainers.rabbitmq import RabbitMqContainer
+    except ImportError:
+        pytest.fail(
+            f"{reason}; set LEVERET_TEST_URL, or install leveret[containers] with a Docker engine",
+            pytrace=False,
+        )
+    try:
+        with RabbitMqContainer("rabbitmq:3.10") as container:
+            params = container.get_connection_params()
+            yield f"amqp://guest:guest@{params.host}:{params.port}/"
+    except Exception as exc:
+        pytest.fail(
+            f"{reason}; testcontainers could not start RabbitMQ either: {exc}", pytrace=False
+        )
+
+
+@pytest.fixture
+def names() -> Callable[[str], str]:
+    """Make names unique to this test: ``names("q")`` gives ``t.<id>.q``."""
+    prefix = f"t.{uuid.uuid4().hex[:10]}"
+    return lambda suffix: f"{prefix}.{suffix}"
+
+
+@dataclass
+class Pipeline:
+    """One test's topology on the broker, its app and what its workers reported."""
+
+    url: str
+    queue: str
+    exchange: str
+    topology: Topology
+    app: App
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def publisher(self) -> Publisher:
+        return Publisher(self.url)
+
+    def publish(self, message: apps.Task | apps.TaskV2, **kwargs: object) -> str:
+        with self.publisher() as p:
+            return p.publish(message, exchange=self.exchange, **kwargs)  # type: ignore[arg-type]
+
+    def get(self, queue: str) -> tuple[pika.BasicProperties, bytes] | None:
+        """Take one message from a queue (acked), or None."""
+        conn = connection.connect(self.url)
+        try:
+            ch = conn.channel()
+            method, props, body = ch.basic_get(queue, auto_ack=True)
+            return None if method is None else (props, body)
+        finally:
+            conn.close()
+
+    def reject_one(self) -> None:
+        """Take one message from the work queue and reject it, as a plain AMQP client would."""
+        conn = connection.connect(self.url)
+        try:
+            ch = conn.channel()
+            method, _props, _body = ch.basic_get(self.queue, auto_ack=False)
+            assert method is not None, "the work queue is empty"
+            ch.basic_reject(method.delivery_tag, requeue=False)
+        finally:
+            conn.close()
+
+    def depth(self, queue: str) -> int:
+        conn = connection.connect(self.url)
+        try:
+            return int(conn.channel().queue_declare(queue, passive=True).method.message_count)
+        finally:
+            conn.close()
+
+    def finals(self, outcome: str) -> list[Outcome]:
+        return [o for o in self.outcomes if o.outcome == outcome]
+
+    async def wait(self, predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+        """Poll until ``predicate()`` holds, failing the test after ``timeout``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not predicate():
+            if loop.time() > deadline:
+                raise AssertionError(f"timed out; outcomes so far: {self.outcomes}")
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def pipeline(broker_url: str, names: Callable[[str], str]) -> Iterator[Pipeline]:
+    """A unique one-queue topology (tiers 0.2 s, 0.4 s; 3 attempts), applied and removed after."""
+    queue, exchange = names("work"), names("ex")
+    app = apps.build_app(queue, exchange)
+    admin.apply(broker_url, app.topology)
+    yield Pipeline(broker_url, queue, exchange, app.topology, app)
+    admin.delete(broker_url, app.topology)
+
+
+@pytest.fixture
+async def running(pipeline: Pipeline) -> AsyncIterator[Callable[..., Worker]]:
+    """Start workers on the pipeline in the test's loop; all are stopped at the end."""
+    tasks: list[tuple[Worker, asyncio.Task[None]]] = []
+
+    def start(app: App | None = None, **kwargs: object) -> Worker:
+        worker = Worker(
+            app or pipeline.app, pipeline.url, on_outcome=pipeline.outcomes.append, **kwargs
+        )  # type: ignore[arg-type]
+        tasks.append((worker, asyncio.create_task(worker.run())))
+        return worker
+
+    yield start
+    for worker, _task in tasks:
+        worker.stop()
+    for _worker, task in tasks:
+        await asyncio.wait_for(task, 40)
+
+
+def rabbitmqctl(*args: str) -> str:
+    """Run rabbitmqctl (tests that act on the broker itself)."""
+    return subprocess.run(
+        ["rabbitmqctl", *args], check=True, capture_output=True, text=True, timeout=60
+    ).stdout

@@ -1,0 +1,72 @@
+"""Message models: naming, strict validation, one-pass decoding."""
+
+from __future__ import annotations
+
+import pytest
+
+from leveret import Message
+from leveret.errors import ConfigurationError, DecodeError, SchemaViolation
+from tests.apps import Task
+
+
+def test_type_and_version_come_from_the_class() -> None:
+    assert Task.key() == ("test.task", 1)
+    assert Task.default_routing_key == "task"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"type": "Bad Name", "version": 1}, "dotted lower-case"),
+        ({"type": "ok.name", "version": 0}, "integer >= 1"),
+        ({"type": "ok.name", "version": "2"}, "integer >= 1"),
+        ({"type": "ok.name"}, "integer >= 1"),
+    ],
+)
+def test_bad_declarations_are_refused(kwargs: dict, match: str) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        type("Bad", (Message,), {"__annotations__": {}}, **kwargs)
+
+
+def test_building_from_bad_data_is_a_schema_violation() -> None:
+    with pytest.raises(SchemaViolation, match=r"test.task v1: n: Input should be a valid integer"):
+        Task(n="1")
+
+
+def test_messages_are_frozen() -> None:
+    task = Task(n=1)
+    with pytest.raises(Exception, match="frozen"):
+        task.n = 2  # type: ignore[misc]
+
+
+def test_json_round_trip() -> None:
+    assert Task.from_json(Task(n=5).to_json()) == Task(n=5)
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (b"{", DecodeError),
+        (b"\xff", DecodeError),
+        (b"", DecodeError),
+        (b"[]", SchemaViolation),
+        (b"3", SchemaViolation),
+        (b'{"n": "3"}', SchemaViolation),
+        (b'{"fail_times": -1}', SchemaViolation),
+    ],
+)
+def test_decoding_tells_bad_json_from_a_schema_violation(
+    body: bytes, error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        Task.from_json(body)
+
+
+def test_unknown_fields_are_ignored() -> None:
+    assert Task.from_json(b'{"n": 1, "added_later": true}') == Task(n=1)
+
+
+def test_a_deeply_nested_payload_is_rejected_cleanly() -> None:
+    body = b'{"n": 1, "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises((DecodeError, SchemaViolation)):
+        Task.from_json(body)
