@@ -1,0 +1,133 @@
+"""Publishers against the real broker: confirms, routing errors, threads, reconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+
+import pytest
+
+from leveret import AsyncPublisher, Publisher, wire
+from leveret.errors import BrokerUnavailable, MessageTooLarge, TopologyMissing, Unroutable
+from tests.apps import Task
+from tests.conftest import Pipeline, rabbitmqctl
+
+
+def test_publish_sets_the_contract_properties(pipeline: Pipeline) -> None:
+    with Publisher(pipeline.url, app_id="billing") as pub:
+        message_id = pub.publish(
+            Task(n=3), exchange=pipeline.exchange, correlation_id="req-1", headers={"tenant": "a"}
+        )
+    props, body = pipeline.get(pipeline.queue)  # type: ignore[misc]
+    assert props.message_id == message_id
+    assert props.type == "test.task"
+    assert props.content_type == "application/json"
+    assert props.delivery_mode == 2
+    assert props.correlation_id == "req-1"
+    assert props.app_id == "billing"
+    assert props.timestamp > 0
+    own = {
+        k: v for k, v in props.headers.items() if not k.startswith("x-")
+    }  # quorum adds x-delivery-count
+    assert own == {wire.VERSION: 1, "tenant": "a"}
+    assert body == b'{"n":3,"fail_times":0,"sleep_ms":0}'
+
+
+def test_unroutable_message_raises(pipeline: Pipeline) -> None:
+    with Publisher(pipeline.url) as pub, pytest.raises(Unroutable, match="no queue is bound"):
+        pub.publish(Task(n=1), exchange=pipeline.exchange, routing_key="nobody-listens")
+    # The publisher is still usable afterwards.
+    with Publisher(pipeline.url) as pub:
+        pub.publish(Task(n=2), exchange=pipeline.exchange)
+    assert pipeline.depth(pipeline.queue) == 1
+
+
+def test_missing_exchange_raises_and_the_publisher_recovers(
+    pipeline: Pipeline, names: Callable[[str], str]
+) -> None:
+    with Publisher(pipeline.url) as pub:
+        with pytest.raises(TopologyMissing, match="does not exist; run `leveret topology apply`"):
+            pub.publish(Task(n=1), exchange=names("nowhere"))
+        pub.publish(Task(n=2), exchange=pipeline.exchange)
+    assert pipeline.depth(pipeline.queue) == 1
+
+
+def test_too_large_is_refused_before_sending(pipeline: Pipeline) -> None:
+    with Publisher(pipeline.url, max_size=10) as pub, pytest.raises(MessageTooLarge):
+        pub.publish(Task(n=1), exchange=pipeline.exchange)
+    assert pipeline.depth(pipeline.queue) == 0
+
+
+def test_many_threads_share_one_publisher(pipeline: Pipeline) -> None:
+    ids: list[str] = []
+    errors: list[BaseException] = []
+    with Publisher(pipeline.url) as pub:
+
+        def work(start: int) -> None:
+            try:
+                for i in range(start, start + 25):
+                    ids.append(pub.publish(Task(n=i), exchange=pipeline.exchange))
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(k * 100,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert not errors
+    assert len(set(ids)) == 200
+    assert pipeline.depth(pipeline.queue) == 200
+
+
+def test_sync_publisher_survives_a_dropped_connection(pipeline: Pipeline) -> None:
+    with Publisher(pipeline.url) as pub:
+        pub.publish(Task(n=1), exchange=pipeline.exchange)
+        rabbitmqctl("close_all_connections", "test: publisher drop")
+        pub.publish(Task(n=2), exchange=pipeline.exchange)
+    assert pipeline.depth(pipeline.queue) == 2
+
+
+def test_unreachable_broker_raises_after_the_reconnect_timeout() -> None:
+    with (
+        Publisher("amqp://guest:pw@127.0.0.1:1/", reconnect_timeout=0.5) as pub,
+        pytest.raises(BrokerUnavailable, match="no RabbitMQ broker reachable") as caught,
+    ):
+        pub.publish(Task(n=1), exchange="x")
+    assert "pw@" not in str(caught.value)
+
+
+async def test_async_publisher_pipelines_concurrent_confirms(pipeline: Pipeline) -> None:
+    async with AsyncPublisher(pipeline.url) as pub:
+        ids = await asyncio.gather(
+            *(pub.publish(Task(n=i), exchange=pipeline.exchange) for i in range(200))
+        )
+    assert len(set(ids)) == 200
+    assert pipeline.depth(pipeline.queue) == 200
+
+
+async def test_async_publisher_errors_match_the_sync_ones(
+    pipeline: Pipeline, names: Callable[[str], str]
+) -> None:
+    async with AsyncPublisher(pipeline.url) as pub:
+        with pytest.raises(Unroutable):
+            await pub.publish(Task(n=1), exchange=pipeline.exchange, routing_key="nobody")
+        with pytest.raises(TopologyMissing):
+            await pub.publish(Task(n=1), exchange=names("nowhere"))
+        await pub.publish(Task(n=2), exchange=pipeline.exchange)
+    assert pipeline.depth(pipeline.queue) == 1
+
+
+async def test_async_publisher_survives_a_dropped_connection(pipeline: Pipeline) -> None:
+    async with AsyncPublisher(pipeline.url) as pub:
+        await pub.publish(Task(n=1), exchange=pipeline.exchange)
+        await asyncio.to_thread(rabbitmqctl, "close_all_connections", "test: publisher drop")
+        await pub.publish(Task(n=2), exchange=pipeline.exchange)
+    assert pipeline.depth(pipeline.queue) == 2
+
+
+async def test_async_unreachable_broker_raises() -> None:
+    async with AsyncPublisher("amqp://guest:pw@127.0.0.1:1/", reconnect_timeout=0.5) as pub:
+        with pytest.raises(BrokerUnavailable):
+            await pub.publish(Task(n=1), exchange="x")

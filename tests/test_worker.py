@@ -1,0 +1,301 @@
+"""The worker against the real broker: ack after processing, retries, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pika
+import pytest
+
+from leveret import (
+    App,
+    Binding,
+    Context,
+    DeadLetter,
+    Exchange,
+    Outcome,
+    Publisher,
+    Queue,
+    Retry,
+    RetryPolicy,
+    Topology,
+    Worker,
+    admin,
+    connection,
+    wire,
+)
+from leveret.errors import BrokerUnavailable, TopologyMissing
+from leveret.topology import dead_letter_queue
+from tests.apps import Task, TaskV2
+from tests.conftest import Pipeline, rabbitmqctl
+
+
+def raw_publish(
+    p: Pipeline,
+    body: bytes,
+    *,
+    type: str | None = "test.task",
+    headers: dict | None = None,
+    content_type: str | None = "application/json",
+    message_id: str = "raw-1",
+) -> None:
+    """Publish bytes the way a careless client might, bypassing the publisher's checks."""
+    conn = connection.connect(p.url)
+    try:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        props = pika.BasicProperties(
+            content_type=content_type,
+            type=type,
+            message_id=message_id,
+            headers=headers if headers is not None else {wire.VERSION: 1},
+            delivery_mode=2,
+        )
+        ch.basic_publish(p.exchange, "task", body, props, mandatory=True)
+    finally:
+        conn.close()
+
+
+async def test_processes_and_acks(pipeline: Pipeline, running: Callable[..., Worker]) -> None:
+    running()
+    ids = [pipeline.publish(Task(n=i)) for i in range(5)]
+    await pipeline.wait(lambda: len(pipeline.finals("processed")) == 5)
+    assert sorted(o.message_id for o in pipeline.outcomes) == sorted(ids)
+    assert all(o.attempt == 1 for o in pipeline.outcomes)
+    assert pipeline.depth(pipeline.queue) == 0
+
+
+async def test_accepts_every_declared_version(
+    pipeline: Pipeline, names: Callable[[str], str]
+) -> None:
+    app = App(pipeline.topology)
+    seen: list[tuple[int, str]] = []
+
+    @app.handler(Task, TaskV2, queue=pipeline.queue)
+    async def handle(message: Task | TaskV2, ctx: Context) -> None:
+        seen.append((ctx.version, type(message).__name__))
+
+    worker = Worker(app, pipeline.url, on_outcome=pipeline.outcomes.append)
+    task = asyncio.create_task(worker.run())
+    pipeline.publish(Task(n=1))
+    pipeline.publish(TaskV2(n=2, label="x"))
+    await pipeline.wait(lambda: len(pipeline.finals("processed")) == 2)
+    worker.stop()
+    await task
+    assert sorted(seen) == [(1, "Task"), (2, "TaskV2")]
+
+
+async def test_fails_once_then_succeeds_on_retry(
+    pipeline: Pipeline, running: Callable[..., Worker]
+) -> None:
+    running()
+    message_id = pipeline.publish(Task(n=1, fail_times=1))
+    await pipeline.wait(lambda: len(pipeline.finals("processed")) == 1)
+    retried = pipeline.finals("retry_scheduled")
+    assert [(o.message_id, o.attempt) for o in retried] == [(message_id, 1)]
+    assert pipeline.finals("processed")[0].attempt == 2
+    assert pipeline.finals("processed")[0].message_id == message_id
+
+
+async def test_exact_attempts_then_dead_letter_with_headers(
+    pipeline: Pipeline, running: Callable[..., Worker]
+) -> None:
+    running()
+    message_id = pipeline.publish(Task(n=7, fail_times=99), correlation_id="job-7")
+    dlq = dead_letter_queue(pipeline.queue)
+    await pipeline.wait(lambda: pipeline.depth(dlq) == 1)
+    attempts = [o.attempt for o in pipeline.outcomes if o.message_id == message_id]
+    assert attempts == [1, 2, 3]
+    props, body = pipeline.get(dlq)  # type: ignore[misc]
+    h = props.headers
+    assert props.message_id == message_id
+    assert props.correlation_id == "job-7"
+    assert h[wire.RETRY_COUNT] == 3
+    assert h[wire.REASON] == wire.HANDLER_ERROR
+    assert h[wire.ERROR_TYPE] == "RuntimeError"
+    assert h[wire.ERROR_MESSAGE] == "task 7 fails on attempt 3"
+    assert "RuntimeError" in h[wire.ERROR_TRACEBACK]
+    assert h[wire.ORIGINAL_EXCHANGE] == pipeline.exchange
+    assert h[wire.ORIGINAL_ROUTING_KEY] == "task"
+    assert h[wire.FAILED_QUEUE] == pipeline.queue
+    assert h[wire.FAILED_BY].startswith(pipeline.queue + "@")
+    assert h[wire.FIRST_FAILED_AT] < h[wire.LAST_FAILED_AT]
+    assert Task.from_json(body) == Task(n=7, fail_times=99)
+    assert pipeline.depth(pipeline.queue) == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "kwargs", "reason"),
+    [
+        (b"{not json", {}, "invalid-json"),
+        (b"\xff\xfe\x00", {}, "invalid-json"),
+        (b'{"n": 1}', {"content_type": "text/plain"}, "invalid-json"),
+        (b'{"n": 1}', {"type": "test.nobody-handles-this"}, "unknown-type"),
+        (b'{"n": 1}', {"type": None}, "unknown-type"),
+        (b'{"n": 1}', {"headers": {wire.VERSION: 9}}, "unknown-version"),
+        (b'{"n": 1}', {"headers": {}}, "unknown-version"),
+        (b'{"n": 1}', {"headers": {wire.VERSION: "1"}}, "unknown-version"),
+        (b'{"n": "one"}', {}, "schema-violation"),
+        (b"[1, 2]", {}, "schema-violation"),
+    ],
+)
+async def test_bad_input_goes_straight_to_the_dead_letter_queue(
+    pipeline: Pipeline, running: Callable[..., Worker], body: bytes, kwargs: dict, reason: str
+) -> None:
+    running()
+    raw_publish(pipeline, body, **kwargs)
+    pipeline.publish(Task(n=2))  # the worker keeps going
+    dlq = dead_letter_queue(pipeline.queue)
+    await pipeline.wait(lambda: pipeline.depth(dlq) == 1 and len(pipeline.finals("processed")) == 1)
+    props, dead_body = pipeline.get(dlq)  # type: ignore[misc]
+    assert dead_body == body
+    assert props.headers[wire.REASON] == reason
+    assert props.headers[wire.RETRY_COUNT] == 1
+    assert props.headers[wire.ERROR_MESSAGE]
+    assert [o.attempt for o in pipeline.finals("dead_lettered")] == [1]
+    assert not pipeline.finals("retry_scheduled")
+
+
+async def test_handler_timeout_counts_as_a_failed_attempt(
+    pipeline: Pipeline, names: Callable[[str], str]
+) -> None:
+    app = App(pipeline.topology)
+
+    @app.handler(Task, queue=pipeline.queue, timeout=0.2)
+    async def slow(message: Task, ctx: Context) -> None:
+        if ctx.attempt == 1:
+            await asyncio.sleep(5)
+
+    worker = Worker(app, pipeline.url, on_outcome=pipeline.outcomes.append)
+    task = asyncio.create_task(worker.run())
+    pipeline.publish(Task(n=1))
+    await pipeline.wait(lambda: len(pipeline.finals("processed")) == 1)
+    worker.stop()
+    await task
+    first = pipeline.finals("retry_scheduled")[0]
+    assert first.attempt == 1
+    assert "exceeded its timeout of 0.2s" in (first.error or "")
+
+
+async def test_handler_can_give_up_or_ask_for_retry(pipeline: Pipeline) -> None:
+    app = App(pipeline.topology)
+
+    @app.handler(Task, queue=pipeline.queue)
+    def decide(message: Task, ctx: Context) -> None:
+        if message.n == 1 and ctx.attempt == 1:
+            raise Retry("not yet")
+        if message.n == 2:
+            raise DeadLetter("customer deleted")
+
+    worker = Worker(app, pipeline.url, on_outcome=pipeline.outcomes.append)
+    task = asyncio.create_task(worker.run())
+    pipeline.publish(Task(n=1))
+    pipeline.publish(Task(n=2))
+    dlq = dead_letter_queue(pipeline.queue)
+    await pipeline.wait(lambda: len(pipeline.finals("processed")) == 1 and pipeline.depth(dlq) == 1)
+    worker.stop()
+    await task
+    props, _ = pipeline.get(dlq)  # type: ignore[misc]
+    assert props.headers[wire.REASON] == "dead-letter"
+    assert props.headers[wire.ERROR_MESSAGE] == "customer deleted"
+    assert pipeline.finals("retry_scheduled")[0].error == "not yet"
+
+
+async def test_retry_returns_only_to_the_queue_that_failed(
+    broker_url: str, names: Callable[[str], str]
+) -> None:
+    exchange = names("ex")
+    failing_q, other_q = names("failing"), names("other")
+    base = Topology(
+        exchanges=(Exchange(exchange),),
+        queues=(
+            Queue(failing_q, bindings=(Binding(exchange, "task"),), retry=RetryPolicy((0.1,), 3)),
+            Queue(other_q, bindings=(Binding(exchange, "task"),), retry=RetryPolicy((0.1,), 3)),
+        ),
+    )
+    admin.apply(broker_url, base)
+    try:
+        seen: dict[str, list[int]] = {failing_q: [], other_q: []}
+        app = App(base)
+
+        @app.handler(Task, queue=failing_q)
+        def fails(message: Task, ctx: Context) -> None:
+            seen[failing_q].append(ctx.attempt)
+            if ctx.attempt < 3:
+                raise RuntimeError("again")
+
+        @app.handler(Task, queue=other_q)
+        def succeeds(message: Task, ctx: Context) -> None:
+            seen[other_q].append(ctx.attempt)
+
+        outcomes: list[Outcome] = []
+        worker = Worker(app, broker_url, on_outcome=outcomes.append)
+        task = asyncio.create_task(worker.run())
+        with Publisher(broker_url) as pub:
+            pub.publish(Task(n=1), exchange=exchange)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15
+        while len([o for o in outcomes if o.outcome == "processed"]) < 2 and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # a stray retry copy would arrive within this
+        worker.stop()
+        await task
+        assert seen == {failing_q: [1, 2, 3], other_q: [1]}
+    finally:
+        admin.delete(broker_url, base)
+
+
+async def test_plain_reject_from_any_client_lands_in_the_dead_letter_queue(
+    pipeline: Pipeline,
+) -> None:
+    message_id = pipeline.publish(Task(n=1))
+    pipeline.reject_one()
+    dlq = dead_letter_queue(pipeline.queue)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while pipeline.depth(dlq) == 0 and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    props, _ = pipeline.get(dlq)  # type: ignore[misc]
+    assert props.message_id == message_id
+    assert props.headers["x-death"][0]["reason"] == "rejected"
+
+
+async def test_reconnects_after_the_broker_closes_all_connections(
+    pipeline: Pipeline, running: Callable[..., Worker]
+) -> None:
+    running(concurrency=2)
+    first = [pipeline.publish(Task(n=i, sleep_ms=20)) for i in range(20)]
+    await pipeline.wait(lambda: len(pipeline.finals("processed")) >= 3)
+    await asyncio.to_thread(rabbitmqctl, "close_all_connections", "test: connection drop")
+    second = [pipeline.publish(Task(n=100 + i)) for i in range(10)]
+    expected = set(first + second)
+    await pipeline.wait(
+        lambda: {o.message_id for o in pipeline.finals("processed")} >= expected, timeout=40
+    )
+    assert pipeline.depth(pipeline.queue) == 0
+    # The consumer came back: the broker sees one again.
+    conn = connection.connect(pipeline.url)
+    try:
+        assert conn.channel().queue_declare(pipeline.queue, passive=True).method.consumer_count == 1
+    finally:
+        conn.close()
+
+
+async def test_missing_topology_is_one_clear_error(
+    broker_url: str, names: Callable[[str], str]
+) -> None:
+    from tests.apps import build_app
+
+    app = build_app(names("never-declared"), names("ex"))
+    with pytest.raises(
+        TopologyMissing, match=r"missing on the broker: queue '.*never-declared'.*topology apply"
+    ):
+        await Worker(app, broker_url).run()
+
+
+async def test_unreachable_broker_at_start_is_an_error(pipeline: Pipeline) -> None:
+    worker = Worker(pipeline.app, "amqp://guest:secret@127.0.0.1:1/")
+    with pytest.raises(BrokerUnavailable, match="no RabbitMQ broker reachable") as caught:
+        await worker.run()
+    assert "secret" not in str(caught.value)
