@@ -104,9 +104,14 @@ async def test_exact_attempts_then_dead_letter_with_headers(
     running()
     message_id = pipeline.publish(Task(n=7, fail_times=99), correlation_id="job-7")
     dlq = dead_letter_queue(pipeline.queue)
-    await pipeline.wait(lambda: pipeline.depth(dlq) == 1)
-    attempts = [o.attempt for o in pipeline.outcomes if o.message_id == message_id]
-    assert attempts == [1, 2, 3]
+    # The worker reports an outcome after settling it, so wait for both.
+    await pipeline.wait(lambda: pipeline.depth(dlq) == 1 and len(pipeline.outcomes) == 3)
+    assert [(o.attempt, o.outcome) for o in pipeline.outcomes] == [
+        (1, "retry_scheduled"),
+        (2, "retry_scheduled"),
+        (3, "dead_lettered"),
+    ]
+    assert {o.message_id for o in pipeline.outcomes} == {message_id}
     props, body = pipeline.get(dlq)  # type: ignore[misc]
     h = props.headers
     assert props.message_id == message_id
@@ -147,7 +152,11 @@ async def test_bad_input_goes_straight_to_the_dead_letter_queue(
     raw_publish(pipeline, body, **kwargs)
     pipeline.publish(Task(n=2))  # the worker keeps going
     dlq = dead_letter_queue(pipeline.queue)
-    await pipeline.wait(lambda: pipeline.depth(dlq) == 1 and len(pipeline.finals("processed")) == 1)
+    await pipeline.wait(
+        lambda: pipeline.depth(dlq) == 1
+        and len(pipeline.finals("processed")) == 1
+        and len(pipeline.finals("dead_lettered")) == 1
+    )
     props, dead_body = pipeline.get(dlq)  # type: ignore[misc]
     assert dead_body == body
     assert props.headers[wire.REASON] == reason

@@ -148,7 +148,8 @@ class Worker:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
             self._executor.shutdown(wait=False, cancel_futures=True)
-            log.info("worker.stopped")
+            if started:
+                log.info("worker.stopped")
 
     async def _session(self, started: bool) -> bool:
         """One connection's life: consume until stopped or the connection drops."""
