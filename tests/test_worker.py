@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 import pika
 import pytest
+from structlog.contextvars import merge_contextvars
+from structlog.testing import capture_logs
 
 from leveret import (
     App,
@@ -153,9 +155,11 @@ async def test_bad_input_goes_straight_to_the_dead_letter_queue(
     pipeline.publish(Task(n=2))  # the worker keeps going
     dlq = dead_letter_queue(pipeline.queue)
     await pipeline.wait(
-        lambda: pipeline.depth(dlq) == 1
-        and len(pipeline.finals("processed")) == 1
-        and len(pipeline.finals("dead_lettered")) == 1
+        lambda: (
+            pipeline.depth(dlq) == 1
+            and len(pipeline.finals("processed")) == 1
+            and len(pipeline.finals("dead_lettered")) == 1
+        )
     )
     props, dead_body = pipeline.get(dlq)  # type: ignore[misc]
     assert dead_body == body
@@ -308,3 +312,28 @@ async def test_unreachable_broker_at_start_is_an_error(pipeline: Pipeline) -> No
     with pytest.raises(BrokerUnavailable, match="no RabbitMQ broker reachable") as caught:
         await worker.run()
     assert "secret" not in str(caught.value)
+
+
+async def test_one_log_line_per_outcome_with_the_message_context(
+    pipeline: Pipeline, running: Callable[..., Worker]
+) -> None:
+    with capture_logs(processors=[merge_contextvars]) as logs:
+        running()
+        ok = pipeline.publish(Task(n=1))
+        flaky = pipeline.publish(Task(n=2, fail_times=1))
+        await pipeline.wait(lambda: len(pipeline.finals("processed")) == 2)
+    outcomes = [e for e in logs if "outcome" in e]
+    assert [
+        (e["event"], e["message_id"], e["attempt"]) for e in outcomes if e["message_id"] == flaky
+    ] == [
+        ("message.retry_scheduled", flaky, 1),
+        ("message.processed", flaky, 2),
+    ]
+    line = next(e for e in outcomes if e["message_id"] == ok)
+    assert line["outcome"] == "processed"
+    assert (line["type"], line["version"], line["queue"]) == ("test.task", 1, pipeline.queue)
+    assert line["duration_ms"] >= 0
+    retry = next(e for e in outcomes if e["event"] == "message.retry_scheduled")
+    assert retry["error"] == "task 2 fails on attempt 1"
+    assert retry["reason"] == "handler-error"
+    assert retry["log_level"] == "warning"
