@@ -31,6 +31,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.broker)
 
 
+@pytest.fixture(autouse=True)
+def _keep_logging_unconfigured(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process CLI calls must not configure structlog for the rest of the session.
+
+    ``configure`` caches loggers on first use, which would defeat
+    ``capture_logs`` in later tests; subprocess tests still run it for real.
+    """
+    monkeypatch.setattr("leveret.cli.logs.configure", lambda **_: None)
+
+
 @pytest.fixture(scope="session")
 def broker_url() -> Iterator[str]:
     """The URL of a running broker for the whole session."""
