@@ -300,9 +300,9 @@ def schemas_export(directory: str, check: bool, app_target: str) -> None:
 @one_line_errors
 def schemas_check(directory: str) -> None:
     """Tell whether each version of a type is backward compatible with the previous one."""
-    from leveret import schemas
+    from leveret import compatibility
 
-    findings = schemas.check(Path(directory))
+    findings = compatibility.check(Path(directory))
     breaking = False
     for f in findings:
         if f.problems:
