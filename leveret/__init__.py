@@ -25,7 +25,7 @@ from leveret.errors import (
     UnknownVersion,
     Unroutable,
 )
-from leveret.messages import Message
+from leveret.messages import Message, Model
 from leveret.publisher import AsyncPublisher, Publisher
 from leveret.topology import Binding, Exchange, Queue, RetryPolicy, Topology
 
@@ -45,6 +45,7 @@ __all__ = [
     "Message",
     "MessageError",
     "MessageTooLarge",
+    "Model",
     "NotConfirmed",
     "Outcome",
     "PublishError",

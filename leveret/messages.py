@@ -17,7 +17,7 @@ properties and headers (see ``docs/contract.md``), so any client can read it.
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar
+from typing import Any, ClassVar, get_args
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -25,6 +25,16 @@ from leveret.errors import ConfigurationError, DecodeError, SchemaViolation
 
 _TYPE_NAME = re.compile(r"^[a-z][a-z0-9_-]*(\.[a-z0-9_-]+)*$")
 _MAX_ERRORS_SHOWN = 5
+
+
+class Model(BaseModel):
+    """Base class for models nested inside a message: strict and frozen like it.
+
+    A plain ``BaseModel`` inside a message would accept ``"1"`` for an integer
+    while the JSON Schema file refuses it, so :class:`Message` refuses those.
+    """
+
+    model_config = ConfigDict(frozen=True, strict=True, extra="ignore")
 
 
 class Message(BaseModel):
@@ -75,6 +85,17 @@ class Message(BaseModel):
         cls.message_version = version
         cls.default_exchange = exchange
         cls.default_routing_key = routing_key
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        for name, info in cls.model_fields.items():
+            for nested in _models_in(info.annotation):
+                if not nested.model_config.get("strict"):
+                    raise ConfigurationError(
+                        f"{cls.__name__}.{name}: nested model {nested.__name__} must derive "
+                        "from leveret.Model (strict, like the JSON Schema)"
+                    )
 
     def __init__(self, /, **data: Any) -> None:
         try:
@@ -131,6 +152,18 @@ def describe(model: type[Message], exc: ValidationError) -> str:
     name = getattr(model, "message_type", model.__name__)
     version = getattr(model, "message_version", "?")
     return f"{name} v{version}: " + "; ".join(parts)
+
+
+def _models_in(annotation: Any, seen: frozenset[Any] = frozenset()) -> list[type[BaseModel]]:
+    """The pydantic models an annotation refers to (through unions, lists, dicts...)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        if annotation in seen:
+            return []
+        found: list[type[BaseModel]] = [annotation]
+        for info in annotation.model_fields.values():
+            found += _models_in(info.annotation, seen | {annotation})
+        return found
+    return [m for arg in get_args(annotation) for m in _models_in(arg, seen)]
 
 
 def _first_message(exc: ValidationError) -> str:

@@ -70,3 +70,29 @@ def test_a_deeply_nested_payload_is_rejected_cleanly() -> None:
     body = b'{"n": 1, "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     with pytest.raises((DecodeError, SchemaViolation)):
         Task.from_json(body)
+
+
+def test_nested_models_must_be_strict_like_the_schema() -> None:
+    from pydantic import BaseModel
+
+    from leveret.messages import Model
+
+    class Plain(BaseModel):
+        x: int
+
+    with pytest.raises(
+        ConfigurationError, match="nested model Plain must derive from leveret.Model"
+    ):
+
+        class Loose(Message, type="test.loose", version=1):
+            inner: list[Plain] | None = None
+
+    class Inner(Model):
+        x: int
+
+    class Outer(Message, type="test.outer", version=1):
+        inner: Inner
+
+    with pytest.raises(SchemaViolation, match=r"inner\.x"):
+        Outer.from_json(b'{"inner": {"x": "1"}}')
+    assert Outer.from_json(b'{"inner": {"x": 1}}') == Outer(inner=Inner(x=1))

@@ -10,14 +10,14 @@ from typing import Any, Literal
 import jsonschema
 import pytest
 from click.testing import CliRunner
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import ConfigDict, Field, create_model
 
 from leveret.cli import main
 from leveret.compatibility import check
 from leveret.demo import Conformance, ExportRequested, ExportRequestedV2
 from leveret.demo import app as demo_app
 from leveret.errors import ConfigurationError, SchemaViolation
-from leveret.messages import Message
+from leveret.messages import Message, Model
 from leveret.schemas import drift, export, schema_of
 
 COMMITTED = Path(__file__).resolve().parent.parent / "schemas"
@@ -39,7 +39,7 @@ NEWER_KEYWORDS = {
 # --- the test models: version 1 of a widget, and what a version 2 might change -----
 
 
-class Address(BaseModel):
+class Address(Model):
     city: str
     zip: str | None = None
 
@@ -259,7 +259,7 @@ def test_a_constraint_inside_a_nullable_field_is_compared(tmp_path: Path) -> Non
 
 
 def test_a_change_inside_a_nested_model_is_found_through_its_ref(tmp_path: Path) -> None:
-    class Address(BaseModel):  # same name, so the $ref is the same; the definition differs
+    class Address(Model):  # same name, so the $ref is the same; the definition differs
         city: str
         zip: str
 
