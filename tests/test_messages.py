@@ -81,7 +81,7 @@ def test_nested_models_must_be_strict_like_the_schema() -> None:
         x: int
 
     with pytest.raises(
-        ConfigurationError, match="nested model Plain must derive from leveret.Model"
+        ConfigurationError, match=r"nested model Plain must derive from leveret\.Model"
     ):
 
         class Loose(Message, type="test.loose", version=1):
