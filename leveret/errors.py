@@ -11,6 +11,7 @@ translated at the adapter boundary (``raise ... from exc``) and never leak.
     │   └── TopologyMissing         a queue or exchange the code needs does not exist
     ├── MessageError                a message that cannot be accepted as it is
     │   ├── DecodeError             the body is not JSON (or not UTF-8)
+    │   │   └── InvalidContentType  the content type is missing or not application/json
     │   ├── UnknownMessageType      no model is registered for the type
     │   ├── UnknownVersion          the type is known, the version is not
     │   ├── SchemaViolation         the payload does not match the model's schema
@@ -64,6 +65,12 @@ class DecodeError(MessageError):
     """The body is not valid UTF-8 JSON."""
 
     reason = "invalid-json"
+
+
+class InvalidContentType(DecodeError):
+    """The content type is missing or is not ``application/json``."""
+
+    reason = "invalid-content-type"
 
 
 class UnknownMessageType(MessageError):

@@ -22,6 +22,10 @@ from leveret.errors import DeadLetter, MessageError
 MAX_ERROR_MESSAGE = 1024
 MAX_TRACEBACK = 4096
 MAX_HEADER_VALUE = 1024
+MAX_HEADERS = 64 * 1024
+"""Budget for a copy's header table. The properties must fit in one frame
+(RabbitMQ's frame_max is 128 KiB by default): a copy that did not would close
+the channel, and the message would come back again and again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +111,7 @@ def failure(
         headers[wire.ERROR_TRACEBACK] = truncate(text, MAX_TRACEBACK, keep="end")
     else:
         headers.pop(wire.ERROR_TRACEBACK, None)
+    fit(headers, MAX_HEADERS)
     if permanent:
         return Republish(
             exchange=topology.dead_exchange(queue),
@@ -123,6 +128,42 @@ def failure(
         reason=reason,
         error=message,
     )
+
+
+def fit(headers: dict[str, Any], budget: int) -> None:
+    """Shrink a header table in place until its encoded size is within ``budget``.
+
+    The traceback goes first, then the largest application headers, whose names
+    are recorded in ``leveret-dropped-headers``. leveret's own headers stay.
+    """
+    if encoded_size(headers) <= budget:
+        return
+    headers.pop(wire.ERROR_TRACEBACK, None)
+    dropped = []
+    own = {k for k in headers if k.startswith("leveret-")}
+    by_size = sorted(
+        (k for k in headers if k not in own), key=lambda k: -encoded_size({k: headers[k]})
+    )
+    for name in by_size:
+        if encoded_size(headers) <= budget:
+            break
+        del headers[name]
+        dropped.append(name)
+    if dropped:
+        headers[wire.DROPPED_HEADERS] = truncate(",".join(dropped), MAX_HEADER_VALUE)
+
+
+def encoded_size(value: Any) -> int:
+    """An upper bound of the AMQP field-table encoding of a header value, in bytes."""
+    if isinstance(value, dict):
+        return 4 + sum(1 + len(str(k).encode()) + 1 + encoded_size(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return 4 + sum(1 + encoded_size(v) for v in value)
+    if isinstance(value, str):
+        return 4 + len(value.encode("utf-8", errors="replace"))
+    if isinstance(value, bytes):
+        return 4 + len(value)
+    return 9  # numbers, booleans, timestamps, decimals, void
 
 
 def truncate(text: str, limit: int, *, keep: str = "start") -> str:

@@ -31,6 +31,12 @@ FAILED_QUEUE = "leveret-failed-queue"
 ORIGINAL_EXCHANGE = "leveret-original-exchange"
 ORIGINAL_ROUTING_KEY = "leveret-original-routing-key"
 
+DROPPED_HEADERS = "leveret-dropped-headers"
+"""Names of application headers left out of a retry copy to keep it within a frame."""
+
+DEFAULT_MAX_SIZE = 1024 * 1024
+"""Largest body published or accepted by default (1 MiB): queues are for tasks, not files."""
+
 HANDLER_ERROR = "handler-error"
 """The reason recorded for a transient failure (an exception in a handler)."""
 

@@ -8,6 +8,8 @@ from leveret import App, Context, wire
 from leveret.errors import (
     ConfigurationError,
     DecodeError,
+    InvalidContentType,
+    MessageTooLarge,
     SchemaViolation,
     UnknownMessageType,
     UnknownVersion,
@@ -43,7 +45,7 @@ def test_resolves_each_version_to_its_model() -> None:
 @pytest.mark.parametrize(
     ("kw", "body", "error", "match"),
     [
-        ({"content_type": "text/plain"}, b"{}", DecodeError, "content type 'text/plain'"),
+        ({"content_type": "text/plain"}, b"{}", InvalidContentType, "content type 'text/plain'"),
         ({"type": None}, b"{}", UnknownMessageType, "no type property"),
         (
             {"type": "other"},
@@ -68,8 +70,16 @@ def test_resolve_errors(kw: dict, body: bytes, error: type[Exception], match: st
         APP.resolve("q", delivery(body, **kw))
 
 
-def test_no_content_type_is_taken_as_json() -> None:
-    assert APP.resolve("q", delivery(content_type=None))[1] == Task(n=1)
+def test_content_type_must_be_json() -> None:
+    with pytest.raises(InvalidContentType, match="content type None"):
+        APP.resolve("q", delivery(content_type=None))
+    with_charset = delivery(content_type="application/json; charset=utf-8")
+    assert APP.resolve("q", with_charset)[1] == Task(n=1)
+
+
+def test_size_limit() -> None:
+    with pytest.raises(MessageTooLarge, match="over the limit of 4"):
+        APP.resolve("q", delivery(), max_size=4)
 
 
 def test_registration_errors() -> None:

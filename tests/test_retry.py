@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from leveret import DeadLetter, wire
 from leveret.errors import SchemaViolation
-from leveret.retry import failure, truncate
+from leveret.retry import encoded_size, failure, fit, truncate
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -82,3 +82,24 @@ def test_huge_errors_are_truncated_to_fit_a_frame() -> None:
 def test_truncate_keeps_the_end_of_tracebacks() -> None:
     assert truncate("abcdef" * 10, 20, keep="end").endswith("def")
     assert truncate("short", 20) == "short"
+
+
+def test_fit_drops_the_traceback_then_the_largest_application_headers() -> None:
+    headers = {
+        wire.RETRY_COUNT: 1,
+        wire.ERROR_TRACEBACK: "t" * 4000,
+        "big": "b" * 10_000,
+        "medium": "m" * 3000,
+        "small": "s",
+    }
+    fit(headers, 5000)
+    assert wire.ERROR_TRACEBACK not in headers and "big" not in headers
+    assert headers["medium"] == "m" * 3000 and headers["small"] == "s"
+    assert headers[wire.DROPPED_HEADERS] == "big"
+    assert encoded_size(headers) <= 5000
+
+
+def test_fit_leaves_a_small_table_alone() -> None:
+    headers = {wire.RETRY_COUNT: 1, "a": "b", "nested": {"x": [1, 2]}}
+    fit(headers, 1000)
+    assert headers == {wire.RETRY_COUNT: 1, "a": "b", "nested": {"x": [1, 2]}}

@@ -137,7 +137,11 @@ async def test_exact_attempts_then_dead_letter_with_headers(
     [
         (b"{not json", {}, "invalid-json"),
         (b"\xff\xfe\x00", {}, "invalid-json"),
-        (b'{"n": 1}', {"content_type": "text/plain"}, "invalid-json"),
+        (b'{"n": 1}', {"content_type": "text/plain"}, "invalid-content-type"),
+        (b'{"n": 1}', {"content_type": None}, "invalid-content-type"),
+        (b"3", {}, "schema-violation"),
+        (b'"text"', {}, "schema-violation"),
+        (b'{"n": ' + b"[" * 5000 + b"]" * 5000 + b"}", {}, "invalid-json"),
         (b'{"n": 1}', {"type": "test.nobody-handles-this"}, "unknown-type"),
         (b'{"n": 1}', {"type": None}, "unknown-type"),
         (b'{"n": 1}', {"headers": {wire.VERSION: 9}}, "unknown-version"),
@@ -168,6 +172,43 @@ async def test_bad_input_goes_straight_to_the_dead_letter_queue(
     assert props.headers[wire.ERROR_MESSAGE]
     assert [o.attempt for o in pipeline.finals("dead_lettered")] == [1]
     assert not pipeline.finals("retry_scheduled")
+
+
+async def test_a_body_over_the_size_limit_is_dead_lettered(
+    pipeline: Pipeline, running: Callable[..., Worker]
+) -> None:
+    running(max_size=64)
+    raw_publish(pipeline, b'{"n": 1, "pad": "' + b"x" * 100 + b'"}')
+    dlq = dead_letter_queue(pipeline.queue)
+    await pipeline.wait(lambda: pipeline.depth(dlq) == 1)
+    props, _ = pipeline.get(dlq)  # type: ignore[misc]
+    assert props.headers[wire.REASON] == "too-large"
+    assert "over the limit of 64" in props.headers[wire.ERROR_MESSAGE]
+
+
+async def test_a_huge_header_does_not_break_the_retry(pipeline: Pipeline) -> None:
+    """A copy must fit in a frame, or its publish would close the channel every time."""
+    app = App(pipeline.topology)
+    seen: list[dict[str, object]] = []
+
+    @app.handler(Task, queue=pipeline.queue)
+    def flaky(message: Task, ctx: Context) -> None:
+        seen.append(dict(ctx.headers))
+        if ctx.attempt == 1:
+            raise RuntimeError("x" * 5000)
+
+    worker = Worker(app, pipeline.url, on_outcome=pipeline.outcomes.append)
+    task = asyncio.create_task(worker.run())
+    # Fits in a frame as published; with leveret's headers added it would not.
+    pipeline.publish(Task(n=1), headers={"blob": "x" * 127_000, "small": "kept"})
+    await pipeline.wait(lambda: len(pipeline.finals("processed")) == 1)
+    worker.stop()
+    await task
+    retried = seen[1]
+    assert "blob" not in retried
+    assert retried["small"] == "kept"
+    assert retried[wire.DROPPED_HEADERS] == "blob"
+    assert retried[wire.RETRY_COUNT] == 1
 
 
 async def test_handler_timeout_counts_as_a_failed_attempt(

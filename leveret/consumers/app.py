@@ -18,7 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from leveret import wire
-from leveret.errors import ConfigurationError, DecodeError, UnknownMessageType, UnknownVersion
+from leveret.errors import (
+    ConfigurationError,
+    InvalidContentType,
+    MessageTooLarge,
+    UnknownMessageType,
+    UnknownVersion,
+)
 from leveret.messages import Message
 from leveret.topology import Topology
 
@@ -138,17 +144,31 @@ class App:
             )
         return versions[version]
 
-    def resolve(self, queue: str, delivery: wire.Delivery) -> tuple[Handler, Message]:
+    def resolve(
+        self, queue: str, delivery: wire.Delivery, *, max_size: int | None = None
+    ) -> tuple[Handler, Message]:
         """Find the handler for a delivery and validate its body.
 
+        Args:
+            queue: the queue it came from.
+            delivery: the delivery.
+            max_size: the largest body accepted, in bytes.
+
         Raises:
-            DecodeError: wrong content type or a body that is not JSON.
+            MessageTooLarge: the body is over ``max_size``.
+            InvalidContentType: the content type is missing or not JSON.
+            DecodeError: a body that is not UTF-8 JSON.
             UnknownMessageType: no handler on this queue for the type.
             UnknownVersion: the handler does not take this version (or none is given).
             SchemaViolation: the body does not match the schema.
         """
-        if delivery.content_type not in (None, "", wire.CONTENT_TYPE):
-            raise DecodeError(
+        if max_size is not None and len(delivery.body) > max_size:
+            raise MessageTooLarge(
+                f"body is {len(delivery.body)} bytes, over the limit of {max_size}"
+            )
+        media_type = (delivery.content_type or "").split(";", 1)[0].strip().lower()
+        if media_type != wire.CONTENT_TYPE:
+            raise InvalidContentType(
                 f"content type {delivery.content_type!r} is not {wire.CONTENT_TYPE!r}"
             )
         if not delivery.type:

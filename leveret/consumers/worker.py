@@ -71,6 +71,7 @@ class Worker:
         health_file: a file touched every few seconds while the worker is
             connected and its consumers are registered (for container health checks).
         on_outcome: called with an :class:`Outcome` for every settled delivery.
+        max_size: the largest body accepted; larger ones are dead-lettered.
     """
 
     def __init__(
@@ -84,6 +85,7 @@ class Worker:
         grace: float = 30.0,
         health_file: str | Path | None = None,
         on_outcome: Callable[[Outcome], None] | None = None,
+        max_size: int = wire.DEFAULT_MAX_SIZE,
     ) -> None:
         self.app = app
         self.urls = connection.split_urls(urls)
@@ -100,6 +102,7 @@ class Worker:
         self.grace = grace
         self.health_file = Path(health_file) if health_file else None
         self.on_outcome = on_outcome
+        self.max_size = max_size
         self.identity = f"{socket.gethostname()}:{os.getpid()}"
         self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="leveret-handler")
         self._slots = asyncio.Semaphore(concurrency)
@@ -301,7 +304,7 @@ class Worker:
         ):
             decision: retry.Decision
             try:
-                handler, message = self.app.resolve(queue, delivery)
+                handler, message = self.app.resolve(queue, delivery, max_size=self.max_size)
                 await self._call(handler, message, _context(queue, delivery, message))
                 decision = retry.Ack()
             except Exception as exc:  # every failure is settled, never raised

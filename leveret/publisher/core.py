@@ -14,8 +14,7 @@ from leveret import connection, wire
 from leveret.errors import ConfigurationError, MessageTooLarge
 from leveret.messages import Message
 
-DEFAULT_MAX_SIZE = 1024 * 1024
-"""Largest body published by default (1 MiB): queues are for tasks, not files."""
+DEFAULT_MAX_SIZE = wire.DEFAULT_MAX_SIZE
 
 RECONNECT_TIMEOUT = 30.0
 """Seconds a publish keeps trying to reach the broker before it gives up."""
