@@ -1,16 +1,22 @@
-"""Broker addresses: parsing, redaction, and connecting with pika.
+"""Broker addresses: parsing, redaction, TLS, and connecting with pika.
 
 A broker is given as one AMQP URL or several (a cluster's nodes), tried in
 turn. Passwords never leave this module in clear: every URL that reaches a log
 line or an error message goes through :func:`redact` first.
+
+TLS: an ``amqps://`` URL verifies the broker's certificate against the system's
+CAs, or against ``?cafile=/path/ca.pem``; ``certfile`` and ``keyfile`` add a
+client certificate. Both faces (pika and aio-pika) take the same
+:class:`ssl.SSLContext` from :func:`tls_context`.
 """
 
 from __future__ import annotations
 
 import re
 import socket
+import ssl
 from collections.abc import Sequence
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pika
 import pika.exceptions
@@ -68,6 +74,58 @@ def with_query(url: str, **params: str | int) -> str:
     return urlunsplit(parts._replace(query=query))
 
 
+TLS_PARAMS = ("cafile", "certfile", "keyfile")
+
+
+def tls_context(url: str) -> ssl.SSLContext | None:
+    """The TLS context of an ``amqps://`` URL (None for ``amqp://``).
+
+    Raises:
+        ConfigurationError: a CA or certificate file cannot be read.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "amqps":
+        return None
+    params = dict(parse_qsl(parts.query))
+    try:
+        context = ssl.create_default_context(cafile=params.get("cafile"))
+        if params.get("certfile"):
+            context.load_cert_chain(params["certfile"], params.get("keyfile"))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigurationError(f"cannot load the TLS files of {redact(url)}: {exc}") from exc
+    return context
+
+
+def without_tls_params(url: str) -> str:
+    """The URL without leveret's TLS query parameters (the clients do not know them)."""
+    parts = urlsplit(url)
+    kept = [(k, v) for k, v in parse_qsl(parts.query) if k not in TLS_PARAMS]
+    return urlunsplit(parts._replace(query=urlencode(kept)))
+
+
+def failure(urls: str | Sequence[str], exc: BaseException) -> str:
+    """The one-line message for a connection that failed with ``exc``."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return (
+                f"TLS certificate of the broker at {describe(urls)} could not be verified "
+                f"({cause.verify_message}); check cafile"
+            )
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS handshake with the broker at {describe(urls)} failed: {cause.reason}"
+        cause = cause.__cause__ or cause.__context__ or _first_arg_exception(cause)
+    return unreachable(urls)
+
+
+def _first_arg_exception(exc: BaseException) -> BaseException | None:
+    # pika wraps socket errors in the args of its own exceptions, not as a cause.
+    for arg in exc.args:
+        if isinstance(arg, BaseException):
+            return arg
+    return None
+
+
 def connect(
     urls: str | Sequence[str], *, name: str = "leveret", attempts: int = 1
 ) -> pika.BlockingConnection:
@@ -83,8 +141,14 @@ def connect(
     """
     params = []
     for url in split_urls(urls):
-        p = pika.URLParameters(with_query(url, heartbeat=HEARTBEAT, connection_attempts=attempts))
+        clean = without_tls_params(
+            with_query(url, heartbeat=HEARTBEAT, connection_attempts=attempts)
+        )
+        p = pika.URLParameters(clean)
         p.client_properties = {"connection_name": name}
+        context = tls_context(url)
+        if context is not None:
+            p.ssl_options = pika.SSLOptions(context, server_hostname=urlsplit(url).hostname)
         params.append(p)
     try:
         return pika.BlockingConnection(params)
@@ -93,7 +157,7 @@ def connect(
     except pika.exceptions.ProbableAccessDeniedError as exc:
         raise BrokerUnavailable(f"broker at {describe(urls)} denied access to the vhost") from exc
     except (pika.exceptions.AMQPError, OSError, socket.gaierror) as exc:
-        raise BrokerUnavailable(unreachable(urls)) from exc
+        raise BrokerUnavailable(failure(urls, exc)) from exc
 
 
 def unreachable(urls: str | Sequence[str]) -> str:

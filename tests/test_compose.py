@@ -1,119 +1,377 @@
-"""docker-compose.yml and the Dockerfile, checked statically (no Docker engine needed)."""
+"""docker-compose.yml and the Dockerfile, checked statically: no Docker engine, no broker.
+
+Every command a container runs is resolved the way it would run: ``leveret ...``
+through the click CLI (subcommands, options, arguments, the app it loads),
+``python FILE`` against the files the image copies. A renamed command or option
+fails here instead of in a crash-looping container.
+"""
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import json
+import os
 import re
 import shlex
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
+from unittest import mock
 
 import click
 import pytest
 import yaml
 
 from leveret import App
-from leveret.cli import main
+from leveret.cli import load_app, main
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-SERVICES: dict[str, Any] = COMPOSE["services"]
-OURS = [name for name, svc in SERVICES.items() if "build" in svc]
+SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
+BUILT_IMAGES = {svc.get("image") for svc in SERVICES.values() if "build" in svc}
+# Services that run our image: they build it, or use the tag another service builds.
+OURS = [n for n, svc in SERVICES.items() if "build" in svc or svc.get("image") in BUILT_IMAGES]
 
 
-def resolve(argv: list[str]) -> None:
-    """Check that a command line names a real leveret command, options and targets, or file."""
+# --- resolving a command line ---------------------------------------------------
+
+
+@dataclass
+class Resolved:
+    """What a container's command line runs."""
+
+    argv: list[str]
+    path: tuple[str, ...] = ()  # the leveret subcommand path, e.g. ("topology", "apply")
+    params: dict[str, Any] = field(default_factory=dict)  # parsed by click, defaults included
+    script: Path | None = None  # python FILE
+
+
+def resolve(argv: list[str], env: dict[str, str] | None = None) -> Resolved:
+    """Resolve a command line as the container would run it, or fail saying why.
+
+    ``leveret`` commands are parsed by the real click command (unknown options,
+    missing arguments and bad values fail) with only ``env`` in the environment,
+    as in the container; the app they load must be a leveret App. ``python FILE``
+    must name a file in the repository; ``python -m MODULE`` an importable module.
+    """
+    assert argv, "empty command"
     program, *args = argv
-    if program == "python":
-        assert (ROOT / args[0]).is_file(), f"{args[0]} does not exist"
-        return
-    assert program == "leveret", f"unexpected program {program!r}"
+    if program in ("python", "python3"):
+        assert args, f"{argv}: python without a script"
+        if args[0] == "-m":
+            assert len(args) > 1 and importlib.util.find_spec(args[1]), f"{argv}: no module"
+            return Resolved(argv)
+        script = ROOT / args[0]
+        assert script.is_file(), f"{argv}: {args[0]} does not exist in the repository"
+        return Resolved(argv, script=script)
+    assert program == "leveret", f"{argv}: runs {program!r}, expected leveret or python"
+
     command: click.Command = main
-    while isinstance(command, click.Group) and args and args[0] in command.commands:
-        command = command.commands[args.pop(0)]
-    assert not isinstance(command, click.Group), f"{argv}: incomplete command"
-    known = {opt for param in command.params for opt in getattr(param, "opts", [])}
-    for arg in args:
-        if arg.startswith("--"):
-            assert arg.split("=", 1)[0] in known, f"{argv}: unknown option {arg}"
-        elif ":" in arg and re.fullmatch(r"[\w.]+:\w+", arg):
-            module, attr = arg.split(":")
-            assert isinstance(getattr(importlib.import_module(module), attr), App), arg
+    path: list[str] = []
+    while isinstance(command, click.Group):
+        assert args, f"{argv}: `leveret {' '.join(path)}` needs a subcommand"
+        name = args.pop(0)
+        found = command.get_command(click.Context(command), name)
+        assert found is not None, (
+            f"{argv}: no command `leveret {' '.join([*path, name])}`; "
+            f"choose from {sorted(command.commands)}"
+        )
+        command, path = found, [*path, name]
+
+    prog = " ".join(["leveret", *path])
+    with mock.patch.dict(os.environ, env or {}, clear=True):
+        try:
+            ctx = command.make_context(prog, list(args))
+        except click.ClickException as exc:
+            pytest.fail(f"{argv}: {exc.format_message()}", pytrace=False)
+    for name, value in ctx.params.items():
+        if name == "app_target":
+            assert isinstance(load_app(value), App), f"{argv}: {value} is not a leveret App"
+    return Resolved(argv, tuple(path), dict(ctx.params))
 
 
-def dockerfile_instruction(name: str) -> list[str]:
-    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
-    (line,) = [ln for ln in text.splitlines() if ln.startswith(name + " ")]
-    rest = line[len(name) :].strip()
-    if name == "HEALTHCHECK":
-        rest = rest[rest.index("CMD") + 3 :].strip()
+def words(command: str | list[str]) -> list[str]:
+    """A compose ``command`` as words (compose splits the string form like a shell)."""
+    return shlex.split(command) if isinstance(command, str) else [str(w) for w in command]
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    """A compose service's environment, from its mapping or ``KEY=VALUE`` list form."""
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {k: str(v) for k, v in env.items()}
+
+
+def run(name: str) -> Resolved:
+    """Resolve what a compose service runs, in its own environment."""
+    service = SERVICES[name]
+    return resolve(words(service["command"]), environment(service))
+
+
+# --- reading the Dockerfile ------------------------------------------------------
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """The Dockerfile's instructions as (KEYWORD, rest), continuations joined."""
+    text = (ROOT / "Dockerfile").read_text()
+    lines = [ln for ln in text.splitlines() if not ln.lstrip().startswith("#")]
+    joined = re.sub(r"\\\n\s*", " ", "\n".join(lines))
+    out = []
+    for line in joined.splitlines():
+        if line.strip():
+            keyword, _, rest = line.strip().partition(" ")
+            out.append((keyword.upper(), rest.strip()))
+    return out
+
+
+def exec_form(rest: str) -> list[str]:
+    """A CMD's words: the JSON array form, or the shell form split like a shell."""
     return list(json.loads(rest)) if rest.startswith("[") else shlex.split(rest)
 
 
-@pytest.mark.parametrize("name", [n for n in SERVICES if "command" in SERVICES[n]])
-def test_service_commands_exist(name: str) -> None:
-    resolve(SERVICES[name]["command"])
+def instruction(keyword: str) -> str:
+    """The last (effective) ``keyword`` instruction of the Dockerfile."""
+    found = [rest for kw, rest in dockerfile() if kw == keyword]
+    assert found, f"the Dockerfile has no {keyword}"
+    return found[-1]
 
 
-@pytest.mark.parametrize(
-    "name", [n for n in SERVICES if "healthcheck" in SERVICES[n] and n in OURS]
-)
-def test_service_healthchecks_exist(name: str) -> None:
-    test = SERVICES[name]["healthcheck"]["test"]
-    assert test[0] == "CMD"
-    resolve(test[1:])
+def dockerfile_cmd() -> list[str]:
+    return exec_form(instruction("CMD"))
+
+
+def dockerfile_healthcheck() -> list[str]:
+    rest = instruction("HEALTHCHECK")
+    assert rest.upper() != "NONE", "the Dockerfile disables its HEALTHCHECK"
+    options, found, command = rest.partition("CMD ")
+    assert found and all(o.startswith("--") for o in options.split()), f"HEALTHCHECK {rest}"
+    return exec_form(command.strip())
+
+
+def copied_paths() -> list[str]:
+    """Source paths of the Dockerfile's COPY instructions (build context relative)."""
+    sources = []
+    for keyword, rest in dockerfile():
+        if keyword == "COPY":
+            parts = [p for p in exec_form(rest) if not p.startswith("--")]
+            sources += parts[:-1]
+    return sources
+
+
+def seconds(duration: str | int) -> float:
+    """A compose duration ("40s", "1m30s") in seconds."""
+    if isinstance(duration, int):
+        return float(duration)
+    units = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(us|ms|s|m|h)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, f"bad duration {duration!r}"
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+# --- compose ---------------------------------------------------------------------
+
+
+def test_our_services_exist() -> None:
+    assert OURS, "no service builds or runs the leveret image"
+    assert {"topology", "worker", "publisher"} <= set(OURS)
+
+
+@pytest.mark.parametrize("name", OURS)
+def test_service_command_resolves(name: str) -> None:
+    assert "command" in SERVICES[name], f"{name}: no command; the image's CMD is the worker"
+    run(name)
+
+
+@pytest.mark.parametrize("name", OURS)
+def test_service_healthcheck_resolves(name: str) -> None:
+    check = SERVICES[name].get("healthcheck")
+    if check is None or check.get("disable"):
+        return
+    test = check["test"]
+    if isinstance(test, str) or test[0] == "CMD-SHELL":
+        argv = shlex.split(test if isinstance(test, str) else test[1])
+    else:
+        assert test[0] == "CMD", f"{name}: healthcheck test starts with {test[0]!r}"
+        argv = [str(w) for w in test[1:]]
+    resolve(argv, environment(SERVICES[name]))
 
 
 @pytest.mark.parametrize("name", list(SERVICES))
 def test_dependencies_name_real_services(name: str) -> None:
-    for dependency in SERVICES[name].get("depends_on", {}):
-        assert dependency in SERVICES, f"{name} depends on unknown service {dependency}"
+    depends = SERVICES[name].get("depends_on", {})
+    for dependency in depends:
+        assert dependency in SERVICES, f"{name} depends on unknown service {dependency!r}"
+        assert dependency != name, f"{name} depends on itself"
 
 
-def test_topology_runs_once_before_workers_and_publishers() -> None:
-    assert SERVICES["topology"]["restart"] == "no"
-    assert SERVICES["topology"]["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
-    for name in ("worker", "publisher"):
-        condition = SERVICES[name]["depends_on"]["topology"]["condition"]
-        assert condition == "service_completed_successfully"
+@pytest.mark.parametrize("name", [n for n in SERVICES if "build" in SERVICES[n]])
+def test_build_context_and_dockerfile_exist(name: str) -> None:
+    build = SERVICES[name]["build"]
+    if isinstance(build, str):
+        build = {"context": build}
+    context = ROOT / build.get("context", ".")
+    assert context.is_dir(), f"{name}: build context {context} does not exist"
+    dockerfile_path = context / build.get("dockerfile", "Dockerfile")
+    assert dockerfile_path.is_file(), f"{name}: {dockerfile_path} does not exist"
 
 
-def test_worker_can_scale() -> None:
-    worker = SERVICES["worker"]
-    assert "container_name" not in worker and "ports" not in worker
-    grace = int(worker["stop_grace_period"].rstrip("s"))
-    assert grace > 30, "compose must wait longer than the worker's grace period"
+def test_one_service_builds_each_image() -> None:
+    builders = [svc.get("image") for svc in SERVICES.values() if "build" in svc]
+    assert len(builders) == len(set(builders)), (
+        "services building the same tag in parallel collide; let one build it"
+    )
 
 
 def test_every_service_reaches_the_broker_by_name() -> None:
     for name in OURS:
-        assert "@rabbitmq:5672" in SERVICES[name]["environment"]["LEVERET_URL"]
+        url = environment(SERVICES[name]).get("LEVERET_URL", "")
+        assert "@rabbitmq:5672" in url, f"{name}: LEVERET_URL {url!r} is not the rabbitmq service"
 
 
-def test_build_context_and_copied_paths_exist() -> None:
-    for name in OURS:
-        assert (ROOT / SERVICES[name]["build"] / "Dockerfile").is_file()
-    for line in (ROOT / "Dockerfile").read_text().splitlines():
-        if line.startswith("COPY "):
-            for src in line.split()[1:-1]:
-                assert (ROOT / src).exists(), f"Dockerfile copies missing {src}"
+def test_topology_runs_once_after_the_broker_is_healthy() -> None:
+    topology = SERVICES["topology"]
+    assert run("topology").path == ("topology", "apply")
+    assert topology.get("restart") == "no", "topology must run once, not restart"
+    condition = topology["depends_on"]["rabbitmq"]["condition"]
+    assert condition == "service_healthy", f"topology waits for rabbitmq to be {condition}"
 
 
-def test_dockerfile_cmd_and_healthcheck_exist() -> None:
-    resolve(dockerfile_instruction("CMD"))
-    resolve(dockerfile_instruction("HEALTHCHECK"))
+@pytest.mark.parametrize("name", ["worker", "publisher"])
+def test_waits_for_the_topology(name: str) -> None:
+    condition = SERVICES[name]["depends_on"]["topology"]["condition"]
+    assert condition == "service_completed_successfully", f"{name} waits for topology {condition}"
 
 
-def test_the_example_publisher_does_nothing_on_import() -> None:
+def test_topology_declares_what_the_worker_consumes() -> None:
+    applied, consumed = run("topology").params["app_target"], run("worker").params["app_target"]
+    assert applied == consumed, f"topology applies {applied}, the worker runs {consumed}"
+
+
+def test_worker_can_scale() -> None:
+    worker = SERVICES["worker"]
+    assert "container_name" not in worker, "a fixed container_name breaks --scale worker=N"
+    assert "ports" not in worker, "published ports break --scale worker=N"
+
+
+def test_compose_waits_longer_than_the_worker_grace() -> None:
+    grace = run("worker").params["grace"]
+    stop = seconds(SERVICES["worker"].get("stop_grace_period", "10s"))
+    assert stop > grace, f"stop_grace_period {stop:g}s must exceed the worker's grace {grace:g}s"
+
+
+def test_broker_ports_are_bound_to_loopback() -> None:
+    for port in SERVICES["rabbitmq"].get("ports", []):
+        assert str(port).startswith("127.0.0.1:"), f"rabbitmq port {port} is open to the network"
+
+
+# --- Dockerfile -----------------------------------------------------------------------
+
+
+def test_dockerfile_has_no_entrypoint() -> None:
+    # compose `command` replaces CMD; with an ENTRYPOINT it would become its arguments.
+    assert not [kw for kw, _ in dockerfile() if kw == "ENTRYPOINT"]
+
+
+def test_dockerfile_runs_as_non_root() -> None:
+    user = instruction("USER")
+    assert user not in ("root", "0"), "the image runs as root"
+
+
+def test_dockerfile_cmd_resolves() -> None:
+    assert resolve(dockerfile_cmd()).path == ("worker",)
+
+
+def test_dockerfile_healthcheck_resolves() -> None:
+    assert resolve(dockerfile_healthcheck()).path == ("health",)
+
+
+def test_healthcheck_reads_the_file_the_worker_writes() -> None:
+    checked = resolve(dockerfile_healthcheck()).params["path"]
+    for where, argv in [("Dockerfile CMD", dockerfile_cmd()), ("compose worker", None)]:
+        written = (resolve(argv) if argv else run("worker")).params["health_file"]
+        assert written == checked, f"{where} writes {written}, HEALTHCHECK reads {checked}"
+
+
+def test_dockerfile_copies_existing_paths() -> None:
+    for src in copied_paths():
+        assert (ROOT / src).exists(), f"the Dockerfile copies {src}, which does not exist"
+
+
+@pytest.mark.parametrize("name", OURS)
+def test_python_scripts_are_in_the_image(name: str) -> None:
+    script = run(name).script
+    if script is None:
+        return
+    top = script.relative_to(ROOT).parts[0]
+    copied = {Path(src).parts[0] for src in copied_paths() if src not in (".", "./")}
+    assert top in copied or "." in copied_paths(), f"{name}: the image does not copy {top}/"
+
+
+# --- the example publisher ---------------------------------------------------------
+
+
+def load_example(monkeypatch: pytest.MonkeyPatch, publisher: type) -> ModuleType:
+    """Import examples/publish_example.py with ``publisher`` in place of Publisher."""
+    monkeypatch.setattr("leveret.publisher.Publisher", publisher)
+    spec = importlib.util.spec_from_file_location(
+        "publish_example", ROOT / "examples" / "publish_example.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_example_publishes_nothing_on_import(monkeypatch: pytest.MonkeyPatch) -> None:
+    class NoPublisher:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            raise AssertionError("the example connected at import time")
+
+    module = load_example(monkeypatch, NoPublisher)
+    assert callable(module.main)
+
+
+def test_the_example_publishes_count_exports(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sent: list[Any] = []
+
+    class FakePublisher:
+        def __init__(self, url: str) -> None:
+            self.url = url
+
+        def __enter__(self) -> FakePublisher:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def publish(self, message: Any) -> str:
+            sent.append((self.url, message))
+            return f"id-{len(sent)}"
+
+    monkeypatch.setenv("LEVERET_URL", "amqp://u:p@example:5672/")
+    module = load_example(monkeypatch, FakePublisher)
+    assert module.main(["2"]) == 0
+    assert [(url, m.type, m.user_id, m.format) for url, m in sent] == [
+        ("amqp://u:p@example:5672/", "demo.export", 1, "csv"),
+        ("amqp://u:p@example:5672/", "demo.export", 2, "csv"),
+    ]
+    assert "id-2" in capsys.readouterr().out
+
+
+def test_the_example_help_runs_without_a_broker() -> None:
     result = subprocess.run(
         [sys.executable, "examples/publish_example.py", "--help"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=30,
+        env={**os.environ, "LEVERET_URL": "amqp://guest:guest@127.0.0.1:1/"},
     )
-    assert result.returncode == 0
+    assert result.returncode == 0, result.stderr
     assert "LEVERET_URL" in result.stdout

@@ -65,8 +65,11 @@ async def connect(
         for url in urls:
             try:
                 return await aio_pika.connect(
-                    connection.with_query(url, heartbeat=connection.HEARTBEAT),
+                    connection.without_tls_params(
+                        connection.with_query(url, heartbeat=connection.HEARTBEAT)
+                    ),
                     client_properties={"connection_name": name},
+                    ssl_context=connection.tls_context(url),
                 )
             except aiormq.exceptions.ProbableAuthenticationError as exc:
                 raise BrokerUnavailable(
@@ -74,7 +77,9 @@ async def connect(
                 ) from exc
             except CONNECTION_ERRORS as exc:
                 last = exc
-    raise BrokerUnavailable(connection.unreachable(urls)) from last
+    raise BrokerUnavailable(
+        connection.failure(urls, last) if last else connection.unreachable(urls)
+    ) from last
 
 
 class AsyncPublisher(PublisherCore):
