@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from leveret import AsyncPublisher, admin, logs
-from leveret.topology import dead_letter_queue
 from tests import apps
 from tests.ledger import Ledger, outcomes_in, rss_kib, spawn_worker
 

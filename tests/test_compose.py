@@ -291,9 +291,12 @@ def test_dockerfile_healthcheck_resolves() -> None:
 
 def test_healthcheck_reads_the_file_the_worker_writes() -> None:
     checked = resolve(dockerfile_healthcheck()).params["path"]
-    for where, argv in [("Dockerfile CMD", dockerfile_cmd()), ("compose worker", None)]:
-        written = (resolve(argv) if argv else run("worker")).params["health_file"]
-        assert written == checked, f"{where} writes {written}, HEALTHCHECK reads {checked}"
+    written = {
+        "the Dockerfile's CMD": resolve(dockerfile_cmd()).params["health_file"],
+        "the compose worker": run("worker").params["health_file"],
+    }
+    for where, path in written.items():
+        assert path == checked, f"{where} writes {path}, the HEALTHCHECK reads {checked}"
 
 
 def test_dockerfile_copies_existing_paths() -> None:
@@ -306,9 +309,12 @@ def test_python_scripts_are_in_the_image(name: str) -> None:
     script = run(name).script
     if script is None:
         return
-    top = script.relative_to(ROOT).parts[0]
-    copied = {Path(src).parts[0] for src in copied_paths() if src not in (".", "./")}
-    assert top in copied or "." in copied_paths(), f"{name}: the image does not copy {top}/"
+    # The image's WORKDIR holds what COPY put there; the repository root is the context.
+    relative = script.relative_to(ROOT)
+    copied = [Path(src) for src in copied_paths()]
+    assert any(src == relative or src in relative.parents for src in copied), (
+        f"{name}: runs {relative}, which the Dockerfile does not copy into the image"
+    )
 
 
 # --- the example publisher ---------------------------------------------------------
@@ -357,7 +363,7 @@ def test_the_example_publishes_count_exports(
     monkeypatch.setenv("LEVERET_URL", "amqp://u:p@example:5672/")
     module = load_example(monkeypatch, FakePublisher)
     assert module.main(["2"]) == 0
-    assert [(url, m.type, m.user_id, m.format) for url, m in sent] == [
+    assert [(url, m.message_type, m.user_id, m.format) for url, m in sent] == [
         ("amqp://u:p@example:5672/", "demo.export", 1, "csv"),
         ("amqp://u:p@example:5672/", "demo.export", 2, "csv"),
     ]
