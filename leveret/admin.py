@@ -17,7 +17,13 @@ import structlog
 from pika.adapters.blocking_connection import BlockingChannel
 
 from leveret import connection
-from leveret.errors import BrokerUnavailable, TopologyError, TopologyMismatch, TopologyMissing
+from leveret.errors import (
+    AccessRefused,
+    BrokerUnavailable,
+    TopologyError,
+    TopologyMismatch,
+    TopologyMissing,
+)
 from leveret.topology import (
     MAX_ATTEMPTS_LIMIT,
     Bind,
@@ -50,6 +56,10 @@ def channel(urls: str | Sequence[str], *, name: str = "leveret-admin") -> Iterat
     conn = connection.connect(urls, name=name)
     try:
         yield conn.channel()
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code == ACCESS_REFUSED:
+            raise AccessRefused.from_reply(exc.reply_text) from exc
+        raise
     except pika.exceptions.AMQPConnectionError as exc:
         raise BrokerUnavailable(f"lost the connection to {connection.describe(urls)}") from exc
     finally:
@@ -114,7 +124,9 @@ def _run(ch: BlockingChannel, op: Declaration) -> None:
         raise translate(exc, op) from exc
 
 
-def translate(exc: pika.exceptions.ChannelClosedByBroker, op: Declaration) -> TopologyError:
+def translate(
+    exc: pika.exceptions.ChannelClosedByBroker, op: Declaration
+) -> TopologyError | AccessRefused:
     """Turn a channel error from a declaration into one clear line."""
     text = re.sub(r"^[A-Z_]+ - ", "", str(exc.reply_text))
     if isinstance(op, DeclareQueue | DeclareExchange):
@@ -128,7 +140,7 @@ def translate(exc: pika.exceptions.ChannelClosedByBroker, op: Declaration) -> To
             "description to match"
         )
     if exc.reply_code == ACCESS_REFUSED:
-        return TopologyError(f"not allowed to declare {what}: {text}")
+        return AccessRefused(f"not allowed to declare {what}: {text}")
     if exc.reply_code == NOT_FOUND:
         return TopologyMissing(f"{what}: {text}; run `leveret topology apply`")
     return TopologyError(f"{what}: {text}")

@@ -46,14 +46,29 @@ def load_app(target: str) -> App:
     return found
 
 
+def _url_from_file(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Take the URL from ``LEVERET_URL_FILE`` (a container secret) unless one was given."""
+    path = os.environ.get("LEVERET_URL_FILE")
+    if path and ctx.get_parameter_source(param.name or "url") == click.core.ParameterSource.DEFAULT:
+        try:
+            return Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise click.BadParameter(
+                f"cannot read LEVERET_URL_FILE {path}: {exc.strerror}"
+            ) from exc
+    return value
+
+
 def url_option(func: F) -> F:
-    """Add ``--url`` (or ``LEVERET_URL``) to a command."""
+    """Add ``--url`` (or ``LEVERET_URL``, or the file named by ``LEVERET_URL_FILE``)."""
     return click.option(
         "--url",
         envvar="LEVERET_URL",
         default=connection.DEFAULT_URL,
         show_default="amqp://guest:***@localhost:5672/",
-        help="Broker URL, or several separated by commas (a cluster's nodes).",
+        callback=_url_from_file,
+        help="Broker URL, or several separated by commas (a cluster's nodes); "
+        "LEVERET_URL_FILE names a file that holds it.",
     )(func)
 
 
@@ -144,6 +159,36 @@ def topology_apply(url: str, app_target: str) -> None:
 def topology_show(app_target: str) -> None:
     """Print what ``apply`` declares, without touching the broker."""
     click.echo(render_topology(load_app(app_target).topology))
+
+
+@topology.command("users")
+@click.option("--vhost", default="/", show_default=True, help="The vhost of the topology.")
+@click.option("--prefix", default="leveret-", show_default=True, help="Prefix of the user names.")
+@click.option("--apply", "apply_", is_flag=True, help="Set the permissions with rabbitmqctl.")
+@app_option
+@one_line_errors
+def topology_users(vhost: str, prefix: str, apply_: bool, app_target: str) -> None:
+    """Print (or set) a least-privilege RabbitMQ user per role: publisher, worker, admin.
+
+    Users are created by the operator (`rabbitmqctl add_user NAME` asks for the
+    password, which never passes through leveret); --apply sets the permissions.
+    """
+    import shlex
+    import subprocess
+
+    from leveret import permissions
+
+    roles = permissions.roles(load_app(app_target).topology, prefix=prefix)
+    commands = permissions.rabbitmqctl_commands(roles, vhost)
+    for role, command in zip(roles, commands, strict=True):
+        click.echo(f"# {role.user}: {role.purpose}")
+        click.echo(f"#   rabbitmqctl add_user {role.user}   (asks for the password)")
+        click.echo(shlex.join(command))
+        if apply_:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+            if result.returncode != 0:
+                reason = (result.stderr or result.stdout).strip().splitlines()[-1:]
+                raise ConfigurationError(f"rabbitmqctl failed for {role.user}: {' '.join(reason)}")
 
 
 def render_topology(top: Topology) -> str:

@@ -94,6 +94,8 @@ def _messages(
     try:
         depth = ch.queue_declare(queue, passive=True).method.message_count
     except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code != admin.NOT_FOUND:
+            raise
         raise TopologyMissing(
             f"queue {queue!r} does not exist; run `leveret topology apply`"
         ) from exc
@@ -192,6 +194,8 @@ def purge(urls: str | Sequence[str], queue: str) -> int:
         try:
             ok = ch.queue_purge(dead_letter_queue(queue))
         except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != admin.NOT_FOUND:
+                raise
             raise TopologyMissing(
                 f"queue {dead_letter_queue(queue)!r} does not exist; run `leveret topology apply`"
             ) from exc

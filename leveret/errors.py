@@ -19,7 +19,8 @@ translated at the adapter boundary (``raise ... from exc``) and never leak.
     ├── PublishError                the broker did not take the message
     │   ├── Unroutable              no queue is bound for the exchange and routing key
     │   └── NotConfirmed            the broker nacked the message or never confirmed it
-    └── BrokerUnavailable           the broker cannot be reached, or refused the credentials
+    ├── BrokerUnavailable           the broker cannot be reached, or refused the credentials
+    └── AccessRefused               the user may not do this (a permission is missing)
 
 Handlers may raise two control-flow signals that are not errors: :class:`Retry`
 (retry now, through the queue's tiers) and :class:`DeadLetter` (give up now, with
@@ -27,6 +28,8 @@ a reason). They are logged as outcomes.
 """
 
 from __future__ import annotations
+
+import re
 
 
 class LeveretError(Exception):
@@ -111,6 +114,20 @@ class NotConfirmed(PublishError):
 
 class BrokerUnavailable(LeveretError):
     """The broker cannot be reached, or it refused the connection."""
+
+
+class AccessRefused(LeveretError):
+    """The broker refused an operation: the user lacks a permission for it."""
+
+    @classmethod
+    def from_reply(cls, reply_text: object) -> AccessRefused:
+        """Build the error from the broker's ``ACCESS_REFUSED - ...`` reply text."""
+        text = str(reply_text)
+        found = re.search(r"ACCESS_REFUSED - (.*?refused for user '[^']*')", text)
+        text = found.group(1) if found else text.split("ACCESS_REFUSED - ", 1)[-1]
+        return cls(
+            f"access refused: {text}; see `leveret topology users` for the permissions a role needs"
+        )
 
 
 class Retry(Exception):

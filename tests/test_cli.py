@@ -225,3 +225,63 @@ def test_demo_runs_end_to_end_and_leaves_the_dead_letter(vhost: str) -> None:
         timeout=60,
     )
     assert "attempts-exhausted" in listing.stdout
+
+
+def test_the_url_can_come_from_a_secret_file(pipeline: Pipeline, tmp_path: Path) -> None:
+    secret = tmp_path / "url"
+    secret.write_text(pipeline.url + "\n")
+    env = dict(
+        os.environ,
+        LEVERET_URL_FILE=str(secret),
+        LEVERET_APP="tests.apps:app",
+        LEVERET_TEST_QUEUE=pipeline.queue,
+        LEVERET_TEST_EXCHANGE=pipeline.exchange,
+    )
+    env.pop("LEVERET_URL", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "leveret.cli", "queues"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert pipeline.queue in result.stdout
+    missing = subprocess.run(
+        [sys.executable, "-m", "leveret.cli", "queues"],
+        cwd=ROOT,
+        env=dict(env, LEVERET_URL_FILE=str(tmp_path / "nope")),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert missing.returncode == 2
+    assert "cannot read LEVERET_URL_FILE" in missing.stderr
+
+
+def test_no_output_of_the_cli_shows_a_password(pipeline: Pipeline) -> None:
+    env = dict(
+        os.environ,
+        LEVERET_URL="amqp://guest:guest@127.0.0.1:5672/",
+        LEVERET_APP="tests.apps:app",
+        LEVERET_TEST_QUEUE=pipeline.queue,
+        LEVERET_TEST_EXCHANGE=pipeline.exchange,
+    )
+    for args in (
+        ["queues"],
+        ["topology", "show"],
+        ["topology", "users"],
+        ["dlq", "list", pipeline.queue],
+        ["queues", "--url", "amqp://guest:s3cr3t@127.0.0.1:1/"],
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "leveret.cli", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert "s3cr3t" not in result.stdout + result.stderr
+        assert "guest:guest" not in result.stdout + result.stderr, args

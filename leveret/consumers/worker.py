@@ -33,7 +33,7 @@ from structlog.contextvars import bound_contextvars
 
 from leveret import admin, connection, retry, wire
 from leveret.consumers.app import App, Context, Handler
-from leveret.errors import BrokerUnavailable, ConfigurationError, TopologyMissing
+from leveret.errors import AccessRefused, BrokerUnavailable, ConfigurationError, TopologyMissing
 from leveret.messages import Message
 from leveret.publisher.aio import CONNECTION_ERRORS, connect
 
@@ -120,6 +120,7 @@ class Worker:
         Raises:
             BrokerUnavailable: the broker cannot be reached at start.
             TopologyMissing: a queue or exchange the worker needs does not exist.
+            AccessRefused: the user may not consume the queue.
         """
         loop = asyncio.get_running_loop()
         if install_signal_handlers:
@@ -137,6 +138,8 @@ class Worker:
                         raise
                     log.warning("worker.broker_unavailable", retry_in=delay)
                 except (*CONNECTION_ERRORS, aiormq.exceptions.ChannelClosed) as exc:
+                    if isinstance(exc, aiormq.exceptions.ChannelAccessRefused):
+                        raise AccessRefused.from_reply(exc) from exc
                     if isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity) and not started:
                         raise TopologyMissing(f"{exc}; run `leveret topology apply`") from exc
                     log.warning(

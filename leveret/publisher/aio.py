@@ -17,7 +17,13 @@ import structlog
 from pamqp import commands as spec
 
 from leveret import connection, wire
-from leveret.errors import BrokerUnavailable, NotConfirmed, TopologyMissing, Unroutable
+from leveret.errors import (
+    AccessRefused,
+    BrokerUnavailable,
+    NotConfirmed,
+    TopologyMissing,
+    Unroutable,
+)
 from leveret.messages import Message
 from leveret.publisher.core import (
     DEFAULT_MAX_SIZE,
@@ -172,6 +178,9 @@ class AsyncPublisher(PublisherCore):
             except aiormq.exceptions.ChannelNotFoundEntity as exc:
                 self._channel = None
                 raise TopologyMissing(missing_exchange(env)) from exc
+            except aiormq.exceptions.ChannelAccessRefused as exc:
+                self._channel = None
+                raise AccessRefused.from_reply(exc) from exc
             except aiormq.exceptions.ChannelClosed as exc:
                 self._channel = None
                 raise NotConfirmed(f"channel closed by broker: {exc}") from exc

@@ -15,7 +15,13 @@ import structlog
 from pika.adapters.blocking_connection import BlockingChannel
 
 from leveret import connection, wire
-from leveret.errors import BrokerUnavailable, NotConfirmed, TopologyMissing, Unroutable
+from leveret.errors import (
+    AccessRefused,
+    BrokerUnavailable,
+    NotConfirmed,
+    TopologyMissing,
+    Unroutable,
+)
 from leveret.messages import Message
 from leveret.publisher.core import (
     DEFAULT_MAX_SIZE,
@@ -155,6 +161,8 @@ class Publisher(PublisherCore):
                     self._channel = None
                     if exc.reply_code == 404:
                         raise TopologyMissing(missing_exchange(env)) from exc
+                    if exc.reply_code == 403:
+                        raise AccessRefused.from_reply(exc.reply_text) from exc
                     raise NotConfirmed(f"channel closed by broker: {exc.reply_text}") from exc
                 except _CONNECTION_ERRORS as exc:
                     self._drop()
