@@ -25,8 +25,8 @@ import click
 import pytest
 import yaml
 
-from leveret import App
 from leveret.cli import load_app, main
+from leveret.errors import ConfigurationError
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -71,26 +71,44 @@ def resolve(argv: list[str], env: dict[str, str] | None = None) -> Resolved:
 
     command: click.Command = main
     path: list[str] = []
+    ctx = parse(argv, command, path, args, env)
     while isinstance(command, click.Group):
-        assert args, f"{argv}: `leveret {' '.join(path)}` needs a subcommand"
-        name = args.pop(0)
-        found = command.get_command(click.Context(command), name)
+        # A group parses its own options and stops at the subcommand's name.
+        consumed = args[: len(args) - len(ctx.args)]
+        if not consumed or consumed[-1].startswith("-"):
+            pytest.fail(f"{argv}: `leveret {' '.join(path)}` needs a subcommand", pytrace=False)
+        name, args = consumed[-1], list(ctx.args)
+        found = command.get_command(ctx, name)
         assert found is not None, (
             f"{argv}: no command `leveret {' '.join([*path, name])}`; "
             f"choose from {sorted(command.commands)}"
         )
         command, path = found, [*path, name]
-
-    prog = " ".join(["leveret", *path])
-    with mock.patch.dict(os.environ, env or {}, clear=True):
-        try:
-            ctx = command.make_context(prog, list(args))
-        except click.ClickException as exc:
-            pytest.fail(f"{argv}: {exc.format_message()}", pytrace=False)
+        ctx = parse(argv, command, path, args, env)
     for name, value in ctx.params.items():
         if name == "app_target":
-            assert isinstance(load_app(value), App), f"{argv}: {value} is not a leveret App"
+            try:
+                load_app(value)
+            except ConfigurationError as exc:
+                pytest.fail(f"{argv}: {exc}", pytrace=False)
     return Resolved(argv, tuple(path), dict(ctx.params))
+
+
+def parse(
+    argv: list[str],
+    command: click.Command,
+    path: list[str],
+    args: list[str],
+    env: dict[str, str] | None,
+) -> click.Context:
+    """Parse ``args`` with ``command`` (without running it) in exactly ``env``."""
+    if isinstance(command, click.Group) and not args:
+        pytest.fail(f"{argv}: `leveret {' '.join(path)}` needs a subcommand", pytrace=False)
+    with mock.patch.dict(os.environ, env or {}, clear=True):
+        try:
+            return command.make_context(" ".join(["leveret", *path]), list(args))
+        except click.ClickException as exc:
+            pytest.fail(f"{argv}: {exc.format_message()}", pytrace=False)
 
 
 def words(command: str | list[str]) -> list[str]:
