@@ -7,6 +7,7 @@ message id (see tests/ledger.py).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -27,6 +28,11 @@ from tests.apps import Task
 from tests.conftest import Pipeline, rabbitmqctl
 from tests.ledger import Ledger, outcomes_in, spawn_worker
 from tests.proxy import Proxy
+
+
+def report(scenario: str, ledger: Ledger, **extra: object) -> None:
+    """Print the figures of a scenario (``pytest -s`` shows them; docs/reliability.md has them)."""
+    print(f"reliability: {scenario} {json.dumps({**ledger.summary(), **extra})}")
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -85,6 +91,7 @@ def test_sigkill_mid_handler_is_redelivered_and_the_others_keep_going(
     survivors = [lg for lg, p in zip(logs, procs, strict=True) if p.pid != victim_pid]
     for log in logs:
         ledger.record_outcomes(outcomes_in(log.read_text()))
+    report("sigkill", ledger)
     assert not ledger.lost, ledger.summary()
     assert sum(len(outcomes_in(lg.read_text())) for lg in survivors) >= 20
     assert time.monotonic() - killed_at < 60
@@ -126,6 +133,7 @@ def test_a_message_that_kills_every_worker_ends_in_the_dead_letter_queue(
         ledger.record_outcomes(outcomes_in(log.read_text()))
         letters = {d.message_id: d for d in dlq.browse(broker_url, queue)}
         assert letters[poison].reason == "delivery_limit"
+        report("poison", ledger)
         assert not ledger.lost, ledger.summary()
         assert starts >= 3  # it did die on the poison, more than once
     finally:
@@ -165,6 +173,7 @@ async def test_broker_stop_and_start_while_publishing_and_consuming(
         [{"outcome": o.outcome, "message_id": o.message_id} for o in pipeline.outcomes]
     )
     assert len(ledger.published) == 150
+    report("broker-restart", ledger)
     assert not ledger.lost, ledger.summary()
     conn = connection.connect(pipeline.url)
     try:
@@ -209,6 +218,7 @@ async def test_connections_cut_and_stalled_by_a_proxy(pipeline: Pipeline) -> Non
     ledger.record_outcomes(
         [{"outcome": o.outcome, "message_id": o.message_id} for o in pipeline.outcomes]
     )
+    report("proxy-cut-and-stall", ledger)
     assert not ledger.lost, ledger.summary()
     assert proxy.connections >= 5  # the worker's and the publisher's, re-made twice
 
