@@ -22,6 +22,7 @@ import structlog
 from pydantic import Field
 
 from leveret import admin, dlq
+from leveret.conformance import Conformance, Receipt
 from leveret.consumers import App, Context, Outcome, Worker
 from leveret.messages import Message
 from leveret.publisher import AsyncPublisher
@@ -52,16 +53,6 @@ class ExportRequestedV2(
     columns: list[str] | None = None
 
 
-class Conformance(
-    Message, type="leveret.conformance", version=1, exchange=EXCHANGE, routing_key="conformance"
-):
-    """A task that fails on purpose: attempts up to ``fail_times`` raise."""
-
-    fail_times: int = Field(default=0, ge=0)
-    sleep_ms: int = Field(default=0, ge=0, le=600_000)
-    note: str | None = None
-
-
 TOPOLOGY = Topology(
     exchanges=(Exchange(EXCHANGE),),
     queues=(
@@ -73,7 +64,7 @@ TOPOLOGY = Topology(
     ),
 )
 
-app = App(TOPOLOGY)
+app = App(TOPOLOGY, messages=[Receipt])
 
 
 class DemoFailure(RuntimeError):
