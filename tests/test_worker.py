@@ -27,7 +27,7 @@ from leveret import (
     connection,
     wire,
 )
-from leveret.errors import BrokerUnavailable, TopologyMissing
+from leveret.errors import BrokerUnavailable, ConfigurationError, TopologyMissing
 from leveret.topology import dead_letter_queue
 from tests.apps import Task, TaskV2
 from tests.conftest import Pipeline, rabbitmqctl
@@ -378,3 +378,36 @@ async def test_one_log_line_per_outcome_with_the_message_context(
     assert retry["error"] == "task 2 fails on attempt 1"
     assert retry["reason"] == "handler-error"
     assert retry["log_level"] == "warning"
+
+
+async def test_handlers_publish_follow_up_tasks_correlated_with_their_job(
+    pipeline: Pipeline,
+) -> None:
+    sync_app, async_app = App(pipeline.topology), App(pipeline.topology)
+    children: list[tuple[int, str | None]] = []
+
+    @sync_app.handler(Task, queue=pipeline.queue)
+    def fan_out(message: Task, ctx: Context) -> None:  # a sync handler: ctx.publish
+        if message.n > 0:
+            for i in range(1, 4):
+                ctx.publish(Task(n=-i), exchange=pipeline.exchange)
+        else:
+            children.append((message.n, ctx.correlation_id))
+
+    @async_app.handler(Task, queue=pipeline.queue)
+    async def fan_out_async(message: Task, ctx: Context) -> None:  # async: await ctx.apublish
+        if message.n > 0:
+            await ctx.apublish(Task(n=-9), exchange=pipeline.exchange)
+        else:
+            children.append((message.n, ctx.correlation_id))
+        with pytest.raises(ConfigurationError, match=r"await ctx\.apublish"):
+            ctx.publish(Task(n=0), exchange=pipeline.exchange)
+
+    for app, expected in ((sync_app, 4), (async_app, 6)):
+        worker = Worker(app, pipeline.url, on_outcome=pipeline.outcomes.append)
+        task = asyncio.create_task(worker.run())
+        pipeline.publish(Task(n=1), correlation_id="job-42")
+        await pipeline.wait(lambda n=expected: len(pipeline.finals("processed")) == n)
+        worker.stop()
+        await task
+    assert sorted(children) == [(-9, "job-42"), (-3, "job-42"), (-2, "job-42"), (-1, "job-42")]

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from leveret import wire
+from leveret.consumers.context import Context
 from leveret.errors import (
     ConfigurationError,
     InvalidContentType,
@@ -31,20 +32,6 @@ from leveret.topology import Topology
 DEFAULT_TIMEOUT = 25 * 60.0
 """Per-handler timeout: below RabbitMQ's default consumer_timeout of 30 minutes,
 after which the broker would close the channel of a consumer that has not acked."""
-
-
-@dataclass(frozen=True, slots=True)
-class Context:
-    """What a handler knows about the delivery besides the message itself."""
-
-    message_id: str
-    type: str
-    version: int
-    queue: str
-    attempt: int
-    redelivered: bool
-    correlation_id: str | None
-    headers: Mapping[str, Any]
 
 
 HandlerFunc = Callable[[Any, Context], Awaitable[None] | None]

@@ -32,10 +32,12 @@ from pamqp import commands as spec
 from structlog.contextvars import bound_contextvars
 
 from leveret import admin, connection, retry, wire
-from leveret.consumers.app import App, Context, Handler
+from leveret.consumers.app import App, Handler
+from leveret.consumers.context import Context, HandlerPublisher
 from leveret.errors import AccessRefused, BrokerUnavailable, ConfigurationError, TopologyMissing
 from leveret.messages import Message
 from leveret.publisher.aio import CONNECTION_ERRORS, connect
+from leveret.publisher.core import PublisherCore
 
 log = structlog.get_logger(__name__)
 
@@ -103,6 +105,8 @@ class Worker:
         self.health_file = Path(health_file) if health_file else None
         self.on_outcome = on_outcome
         self.max_size = max_size
+        self._core = PublisherCore(self.urls, max_size=max_size)
+        self._handler_publisher: HandlerPublisher | None = None
         self.identity = f"{socket.gethostname()}:{os.getpid()}"
         self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="leveret-handler")
         self._slots = asyncio.Semaphore(concurrency)
@@ -167,6 +171,9 @@ class Worker:
             check = await self._channel(conn, lost, watch=False)
             await self._verify(conn)
             publish = await self._channel(conn, lost, confirms=True)
+            self._handler_publisher = HandlerPublisher(
+                self._core, publish, asyncio.get_running_loop()
+            )
             consume = await self._channel(conn, lost, prefetch=self.prefetch)
             tags: list[str] = []
             for queue in self.queues:
@@ -308,7 +315,8 @@ class Worker:
             decision: retry.Decision
             try:
                 handler, message = self.app.resolve(queue, delivery, max_size=self.max_size)
-                await self._call(handler, message, _context(queue, delivery, message))
+                ctx = _context(queue, delivery, message, self._handler_publisher)
+                await self._call(handler, message, ctx)
                 decision = retry.Ack()
             except Exception as exc:  # every failure is settled, never raised
                 decision = retry.failure(
@@ -451,7 +459,9 @@ def republished(props: spec.Basic.Properties, headers: dict[str, Any]) -> spec.B
     )
 
 
-def _context(queue: str, delivery: wire.Delivery, message: Message) -> Context:
+def _context(
+    queue: str, delivery: wire.Delivery, message: Message, publisher: HandlerPublisher | None
+) -> Context:
     return Context(
         message_id=delivery.message_id or "",
         type=message.message_type,
@@ -461,6 +471,7 @@ def _context(queue: str, delivery: wire.Delivery, message: Message) -> Context:
         redelivered=delivery.redelivered,
         correlation_id=delivery.correlation_id,
         headers=delivery.headers,
+        publisher=publisher,
     )
 
 

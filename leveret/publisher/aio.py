@@ -58,6 +58,41 @@ def amqp_properties(env: wire.Envelope, app_id: str | None = None) -> spec.Basic
     )
 
 
+async def publish_on(
+    channel: aiormq.abc.AbstractChannel, env: wire.Envelope, properties: spec.Basic.Properties
+) -> None:
+    """Publish on a confirm channel and wait for the confirm; translate what can go wrong.
+
+    Connection errors pass through, for the caller to reconnect or give up.
+
+    Raises:
+        Unroutable: the broker returned the message.
+        NotConfirmed: the broker nacked it, or closed the channel.
+        TopologyMissing: the exchange does not exist.
+        AccessRefused: the user may not publish to the exchange.
+    """
+    try:
+        result = await channel.basic_publish(
+            env.body,
+            exchange=env.exchange,
+            routing_key=env.routing_key,
+            properties=properties,
+            mandatory=True,
+        )
+    except aiormq.exceptions.PublishError as exc:
+        raise Unroutable(unroutable(env)) from exc
+    except aiormq.exceptions.DeliveryError as exc:
+        raise NotConfirmed(f"broker nacked message {env.message_id}") from exc
+    except aiormq.exceptions.ChannelNotFoundEntity as exc:
+        raise TopologyMissing(missing_exchange(env)) from exc
+    except aiormq.exceptions.ChannelAccessRefused as exc:
+        raise AccessRefused.from_reply(exc) from exc
+    except aiormq.exceptions.ChannelClosed as exc:
+        raise NotConfirmed(f"channel closed by broker: {exc}") from exc
+    if not isinstance(result, spec.Basic.Ack):
+        raise Unroutable(unroutable(env))
+
+
 async def connect(
     urls: Sequence[str], *, name: str, attempts: int = 1
 ) -> aio_pika.abc.AbstractConnection:
@@ -161,29 +196,12 @@ class AsyncPublisher(PublisherCore):
             channel = None
             try:
                 channel = await self._ensure_channel()
-                result = await channel.basic_publish(
-                    env.body,
-                    exchange=env.exchange,
-                    routing_key=env.routing_key,
-                    properties=properties,
-                    mandatory=True,
-                )
-                if not isinstance(result, spec.Basic.Ack):
-                    raise Unroutable(unroutable(env))
+                await publish_on(channel, env, properties)
                 break
-            except aiormq.exceptions.PublishError as exc:
-                raise Unroutable(unroutable(env)) from exc
-            except aiormq.exceptions.DeliveryError as exc:
-                raise NotConfirmed(f"broker nacked message {env.message_id}") from exc
-            except aiormq.exceptions.ChannelNotFoundEntity as exc:
-                self._channel = None
-                raise TopologyMissing(missing_exchange(env)) from exc
-            except aiormq.exceptions.ChannelAccessRefused as exc:
-                self._channel = None
-                raise AccessRefused.from_reply(exc) from exc
-            except aiormq.exceptions.ChannelClosed as exc:
-                self._channel = None
-                raise NotConfirmed(f"channel closed by broker: {exc}") from exc
+            except (NotConfirmed, TopologyMissing, AccessRefused):
+                if channel is not None and channel.is_closed:
+                    self._channel = None
+                raise
             except CONNECTION_ERRORS as exc:
                 await self._drop(channel)
                 if time.monotonic() + delay > deadline:
