@@ -362,6 +362,36 @@ def schemas_check(directory: str) -> None:
     sys.exit(1 if breaking else 0)
 
 
+# --- conformance ----------------------------------------------------------------
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option(
+    "--queue", required=True, help="A queue name for the battery (declared, then deleted)."
+)
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds each check may wait.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@url_option
+@one_line_errors
+def conformance(queue: str, timeout: float, command: tuple[str, ...], url: str) -> None:
+    """Hold a consumer to the contract: leveret conformance --queue Q -- COMMAND...
+
+    COMMAND is started with LEVERET_URL and LEVERET_QUEUE set, driven through
+    success, retries, dead letters, bad input, SIGKILL and SIGTERM, and judged
+    by message id. Exits 1 if any check fails.
+    """
+    from leveret.conformance import battery
+
+    checks = battery.run(url, queue, command, timeout)
+    click.echo(
+        _table(
+            ["check", "result", "detail"],
+            [[c.name, "pass" if c.passed else "FAIL", c.detail] for c in checks],
+        )
+    )
+    sys.exit(0 if all(c.passed for c in checks) else 1)
+
+
 # --- queues and dead letters ------------------------------------------------------
 
 

@@ -14,14 +14,13 @@ Retry tiers are short (1 s, 2 s; 3 attempts) so the demo finishes in seconds.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Sequence
 from typing import Literal
 
 import structlog
 from pydantic import Field
 
-from leveret import admin, dlq
+from leveret import admin, conformance, dlq
 from leveret.conformance import Conformance, Receipt
 from leveret.consumers import App, Context, Outcome, Worker
 from leveret.messages import Message
@@ -67,10 +66,6 @@ TOPOLOGY = Topology(
 app = App(TOPOLOGY, messages=[Receipt])
 
 
-class DemoFailure(RuntimeError):
-    """The failure a conformance task asks for."""
-
-
 @app.handler(ExportRequested, ExportRequestedV2, queue=QUEUE)
 async def export(message: ExportRequested | ExportRequestedV2, ctx: Context) -> None:
     """Pretend to build the export (a real one would stream rows to a file)."""
@@ -79,16 +74,7 @@ async def export(message: ExportRequested | ExportRequestedV2, ctx: Context) -> 
     log.info("demo.export_written", user_id=message.user_id, format=message.format, columns=columns)
 
 
-@app.handler(Conformance, queue=QUEUE)
-def conformance(message: Conformance, ctx: Context) -> None:
-    """Sleep, then fail while the attempt is within ``fail_times``.
-
-    A sync handler on purpose: it runs in the worker's thread pool.
-    """
-    if message.sleep_ms:
-        time.sleep(message.sleep_ms / 1000)
-    if ctx.attempt <= message.fail_times:
-        raise DemoFailure(f"failing on purpose: attempt {ctx.attempt} of {message.fail_times}")
+app.handler(Conformance, queue=QUEUE)(conformance.handle)
 
 
 # --- running the demo ---------------------------------------------------------

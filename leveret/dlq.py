@@ -60,9 +60,11 @@ def describe(props: pika.BasicProperties, body: bytes) -> DeadLetter:
     count = headers.get(wire.RETRY_COUNT)
     attempts = count if isinstance(count, int) else 0
     reason = headers.get(wire.REASON)
-    if reason is None:
-        # Not settled by a leveret-conformant consumer: a plain reject, or the
-        # quorum queue's delivery limit. The attempt that died counts too.
+    # Copies made by a consumer carry no x-death (x- headers are not copied); an
+    # x-death here means the broker dead-lettered the delivery itself: a plain
+    # reject, an unconfirmed copy, or the quorum queue's delivery limit. The
+    # attempt that died counts too, and any earlier reason is history.
+    if death or reason is None:
         reason = str(death.get("reason", "unknown"))
         attempts += 1
     elif reason == wire.HANDLER_ERROR:
@@ -172,7 +174,8 @@ def replay(
                 headers=headers,
                 timestamp=props.timestamp or wire.now_seconds(),
                 correlation_id=props.correlation_id,
-                content_type=props.content_type or wire.CONTENT_TYPE,
+                # Kept as it was: a replay must not make an invalid message valid.
+                content_type=props.content_type or "",
             )
             try:
                 pub.basic_publish(

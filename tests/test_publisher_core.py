@@ -27,9 +27,11 @@ def test_a_given_message_id_is_kept() -> None:
     assert CORE.envelope(Task(n=1), exchange="ex", message_id="fixed").message_id == "fixed"
 
 
-def test_callers_cannot_forge_a_retry_count() -> None:
-    env = CORE.envelope(Task(n=1), exchange="ex", headers={wire.RETRY_COUNT: 5})
-    assert wire.RETRY_COUNT not in env.headers
+def test_callers_cannot_forge_contract_headers() -> None:
+    env = CORE.envelope(
+        Task(n=1), exchange="ex", headers={wire.RETRY_COUNT: 5, wire.REASON: "x", wire.VERSION: 7}
+    )
+    assert env.headers == {wire.VERSION: 1}
 
 
 def test_routing_is_required() -> None:

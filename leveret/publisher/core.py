@@ -85,9 +85,10 @@ class PublisherCore:
                 f"{message.message_type} v{message.message_version}: body is {len(body)} bytes, "
                 f"over the limit of {self.max_size}"
             )
-        all_headers = dict(headers or {})
+        # leveret-* headers belong to the contract: a caller cannot forge a retry
+        # count or a failure reason.
+        all_headers = {k: v for k, v in (headers or {}).items() if not k.startswith("leveret-")}
         all_headers[wire.VERSION] = message.message_version
-        all_headers.pop(wire.RETRY_COUNT, None)
         return wire.Envelope(
             exchange=exchange,
             routing_key=routing_key,
