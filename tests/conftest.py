@@ -38,7 +38,7 @@ def _keep_logging_unconfigured(monkeypatch: pytest.MonkeyPatch) -> None:
     ``configure`` caches loggers on first use, which would defeat
     ``capture_logs`` in later tests; subprocess tests still run it for real.
     """
-    monkeypatch.setattr("leveret.cli.logs.configure", lambda **_: None)
+    monkeypatch.setattr("leveret.logs.configure", lambda **_: None)
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from leveret.consumers.app import App, Handler
 from leveret.consumers.context import Context
-from leveret.consumers.worker import Outcome, Worker
+from leveret.consumers.delivery import Outcome
+from leveret.consumers.worker import Worker
 
 __all__ = ["App", "Context", "Handler", "Outcome", "Worker"]

@@ -18,8 +18,6 @@ import socket
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +32,14 @@ from structlog.contextvars import bound_contextvars
 from leveret import admin, connection, retry, wire
 from leveret.consumers.app import App, Handler
 from leveret.consumers.context import Context, HandlerPublisher
+from leveret.consumers.delivery import (
+    Outcome,
+    context_for,
+    delivery_tag,
+    report,
+    republished,
+    to_delivery,
+)
 from leveret.errors import AccessRefused, BrokerUnavailable, ConfigurationError, TopologyMissing
 from leveret.messages import Message
 from leveret.publisher.aio import CONNECTION_ERRORS, connect
@@ -43,21 +49,6 @@ log = structlog.get_logger(__name__)
 
 CHECK_INTERVAL = 5.0
 """Seconds between checks that the consumers are still registered."""
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What happened to one delivery; logged, and passed to ``on_outcome``."""
-
-    message_id: str | None
-    type: str | None
-    version: int | None
-    queue: str
-    attempt: int
-    outcome: str
-    duration: float
-    reason: str | None = None
-    error: str | None = None
 
 
 class Worker:
@@ -285,7 +276,7 @@ class Worker:
         publish: aiormq.abc.AbstractChannel,
     ) -> Callable[[aiormq.abc.DeliveredMessage], Coroutine[Any, Any, None]]:
         async def on_message(dm: aiormq.abc.DeliveredMessage) -> None:
-            tag = _tag(dm)
+            tag = delivery_tag(dm)
             if self._stopping:
                 await consume.basic_reject(tag, requeue=True)
                 return
@@ -315,7 +306,7 @@ class Worker:
             decision: retry.Decision
             try:
                 handler, message = self.app.resolve(queue, delivery, max_size=self.max_size)
-                ctx = _context(queue, delivery, message, self._handler_publisher)
+                ctx = context_for(queue, delivery, message, self._handler_publisher)
                 await self._call(handler, message, ctx)
                 decision = retry.Ack()
             except Exception as exc:  # every failure is settled, never raised
@@ -327,7 +318,9 @@ class Worker:
                     max_attempts=self.app.topology.queue(queue).retry.max_attempts,
                 )
             outcome = await self._settle(dm, decision, consume, publish)
-            self._report(queue, delivery, decision, outcome, time.perf_counter() - start)
+            record = report(queue, delivery, decision, outcome, time.perf_counter() - start)
+            if self.on_outcome is not None:
+                self.on_outcome(record)
 
     async def _call(self, handler: Handler, message: Message, ctx: Context) -> None:
         try:
@@ -352,7 +345,7 @@ class Worker:
         consume: aiormq.abc.AbstractChannel,
         publish: aiormq.abc.AbstractChannel,
     ) -> str:
-        tag = _tag(dm)
+        tag = delivery_tag(dm)
         try:
             if isinstance(decision, retry.Ack):
                 await consume.basic_ack(tag)
@@ -379,100 +372,6 @@ class Worker:
         except (*CONNECTION_ERRORS, aiormq.exceptions.AMQPError) as exc:
             log.warning("message.settle_failed", error=str(exc) or type(exc).__name__)
             return "redelivery_pending"
-
-    def _report(
-        self,
-        queue: str,
-        delivery: wire.Delivery,
-        decision: retry.Decision,
-        outcome: str,
-        duration: float,
-    ) -> None:
-        failed = decision if isinstance(decision, retry.Republish) else None
-        record = Outcome(
-            message_id=delivery.message_id,
-            type=delivery.type,
-            version=delivery.version,
-            queue=queue,
-            attempt=delivery.attempt,
-            outcome=outcome,
-            duration=duration,
-            reason=failed.reason if failed else None,
-            error=failed.error if failed else None,
-        )
-        fields = {
-            "outcome": outcome,
-            "type": record.type,
-            "version": record.version,
-            "duration_ms": round(duration * 1000, 2),
-        }
-        if failed:
-            fields.update(reason=record.reason, error=record.error)
-        level = {"processed": log.info, "dead_lettered": log.error}.get(outcome, log.warning)
-        level(f"message.{outcome}", **fields)
-        if self.on_outcome is not None:
-            self.on_outcome(record)
-
-
-def _tag(dm: aiormq.abc.DeliveredMessage) -> int:
-    assert isinstance(dm.delivery, spec.Basic.Deliver)
-    return int(dm.delivery.delivery_tag or 0)
-
-
-def to_delivery(dm: aiormq.abc.DeliveredMessage) -> wire.Delivery:
-    """Turn an aiormq delivery into the client-neutral :class:`~leveret.wire.Delivery`."""
-    assert isinstance(dm.delivery, spec.Basic.Deliver)
-    props = dm.header.properties
-    stamp = props.timestamp
-    return wire.Delivery(
-        body=dm.body,
-        exchange=dm.delivery.exchange or "",
-        routing_key=dm.delivery.routing_key or "",
-        message_id=props.message_id,
-        type=props.message_type,
-        content_type=props.content_type,
-        correlation_id=props.correlation_id,
-        timestamp=int(stamp.timestamp()) if isinstance(stamp, datetime) else None,
-        redelivered=bool(getattr(dm.delivery, "redelivered", False)),
-        headers=props.headers or {},
-    )
-
-
-def republished(props: spec.Basic.Properties, headers: dict[str, Any]) -> spec.Basic.Properties:
-    """The properties of a retry or dead-letter copy: the original's, new headers.
-
-    ``expiration`` is dropped (the tier's TTL decides) and so is ``user_id``
-    (the broker checks it against the republishing connection's user).
-    """
-    return spec.Basic.Properties(
-        content_type=props.content_type,
-        content_encoding=props.content_encoding,
-        headers=headers,
-        delivery_mode=2,
-        priority=props.priority,
-        correlation_id=props.correlation_id,
-        reply_to=props.reply_to,
-        message_id=props.message_id,
-        timestamp=props.timestamp or datetime.now(UTC),
-        message_type=props.message_type,
-        app_id=props.app_id,
-    )
-
-
-def _context(
-    queue: str, delivery: wire.Delivery, message: Message, publisher: HandlerPublisher | None
-) -> Context:
-    return Context(
-        message_id=delivery.message_id or "",
-        type=message.message_type,
-        version=message.message_version,
-        queue=queue,
-        attempt=delivery.attempt,
-        redelivered=delivery.redelivered,
-        correlation_id=delivery.correlation_id,
-        headers=delivery.headers,
-        publisher=publisher,
-    )
 
 
 async def _first(*events: asyncio.Event) -> None:
