@@ -8,7 +8,10 @@ BIN := $(VENV)/bin
 # or when the venv lost its leveret script (deleted or recreated by hand).
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck check FORCE
+# The AsyncAPI parser (npm) that the tests validate docs/asyncapi.json with.
+NODE_TOOLS := tools/asyncapi/node_modules/.installed
+
+.PHONY: venv tools demo test lint typecheck check FORCE
 
 venv: $(STAMP)
 
@@ -19,15 +22,21 @@ $(STAMP): pyproject.toml $(if $(wildcard $(BIN)/leveret),,FORCE)
 
 FORCE:
 
+tools: $(NODE_TOOLS)
+
+$(NODE_TOOLS): tools/asyncapi/package-lock.json
+	npm ci --prefix tools/asyncapi --no-audit --no-fund --loglevel=error
+	touch $(NODE_TOOLS)
+
 demo: venv
 	$(BIN)/leveret demo
 
-test: venv
+test: venv tools
 	$(BIN)/pytest
 
 lint: venv
-	$(BIN)/ruff check leveret tests examples
-	$(BIN)/ruff format --check leveret tests examples
+	$(BIN)/ruff check leveret tests examples consumers/python
+	$(BIN)/ruff format --check leveret tests examples consumers/python
 
 typecheck: venv
 	$(BIN)/mypy leveret

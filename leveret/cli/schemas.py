@@ -65,3 +65,31 @@ def schemas_check(directory: str) -> None:
     if not findings:
         click.echo("no type has more than one version")
     sys.exit(1 if breaking else 0)
+
+
+@main.command()
+@click.option(
+    "--output", default="asyncapi.json", show_default=True, type=click.Path(dir_okay=False)
+)
+@click.option("--title", default="leveret pipeline", show_default=True)
+@click.option(
+    "--api-version", default="1.0.0", show_default=True, help="Version of the described API."
+)
+@app_option
+@one_line_errors
+def asyncapi(output: str, title: str, api_version: str, app_target: str) -> None:
+    """Write an AsyncAPI 3.0 document of the topology and the message types.
+
+    Payloads refer to the files in schemas/, relative to the document.
+    """
+    import json
+    import os
+
+    from leveret import asyncapi as asyncapi_module
+
+    schemas_path = os.path.relpath("schemas", os.path.dirname(os.path.abspath(output)))
+    doc = asyncapi_module.document(
+        load_app(app_target), title=title, version=api_version, schemas_path=schemas_path
+    )
+    Path(output).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    click.echo(f"wrote {output}")
