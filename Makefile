@@ -25,7 +25,7 @@ FORCE:
 tools: $(NODE_TOOLS)
 
 $(NODE_TOOLS): tools/asyncapi/package-lock.json
-	npm ci --prefix tools/asyncapi --no-audit --no-fund --loglevel=error
+	npm ci --prefix tools/asyncapi --ignore-scripts --no-audit --no-fund --loglevel=error
 	touch $(NODE_TOOLS)
 
 demo: venv
