@@ -59,6 +59,9 @@ def channel(urls: str | Sequence[str], *, name: str = "leveret-admin") -> Iterat
     except pika.exceptions.ChannelClosedByBroker as exc:
         if exc.reply_code == ACCESS_REFUSED:
             raise AccessRefused.from_reply(exc.reply_text) from exc
+        if exc.reply_code == NOT_FOUND:
+            text = str(exc.reply_text).removeprefix("NOT_FOUND - ")
+            raise TopologyMissing(f"{text}; run `leveret topology apply`") from exc
         raise
     except pika.exceptions.AMQPConnectionError as exc:
         raise BrokerUnavailable(f"lost the connection to {connection.describe(urls)}") from exc

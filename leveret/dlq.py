@@ -18,7 +18,7 @@ import structlog
 from pika.adapters.blocking_connection import BlockingChannel
 
 from leveret import admin, wire
-from leveret.errors import NotConfirmed, TopologyMissing
+from leveret.errors import NotConfirmed
 from leveret.publisher.sync import pika_properties
 from leveret.topology import dead_letter_queue
 
@@ -93,14 +93,7 @@ def _messages(
 
     Whatever is not acked goes back to the queue when the channel closes.
     """
-    try:
-        depth = ch.queue_declare(queue, passive=True).method.message_count
-    except pika.exceptions.ChannelClosedByBroker as exc:
-        if exc.reply_code != admin.NOT_FOUND:
-            raise
-        raise TopologyMissing(
-            f"queue {queue!r} does not exist; run `leveret topology apply`"
-        ) from exc
+    depth = ch.queue_declare(queue, passive=True).method.message_count
     for _ in range(depth):
         method, props, body = ch.basic_get(queue, auto_ack=False)
         if method is None:
@@ -194,14 +187,7 @@ def replay(
 def purge(urls: str | Sequence[str], queue: str) -> int:
     """Delete every message in a queue's dead-letter queue. Returns how many."""
     with admin.channel(urls, name="leveret-dlq") as ch:
-        try:
-            ok = ch.queue_purge(dead_letter_queue(queue))
-        except pika.exceptions.ChannelClosedByBroker as exc:
-            if exc.reply_code != admin.NOT_FOUND:
-                raise
-            raise TopologyMissing(
-                f"queue {dead_letter_queue(queue)!r} does not exist; run `leveret topology apply`"
-            ) from exc
+        ok = ch.queue_purge(dead_letter_queue(queue))
     count = int(ok.method.message_count)
     log.info("dlq.purged", queue=queue, messages=count)
     return count

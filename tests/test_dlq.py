@@ -6,8 +6,10 @@ import asyncio
 from collections.abc import Callable
 
 import pika
+import pytest
 
 from leveret import Worker, connection, dlq, wire
+from leveret.errors import TopologyMissing
 from leveret.topology import dead_letter_queue
 from tests.apps import Task
 from tests.conftest import Pipeline
@@ -98,3 +100,15 @@ async def test_purge(pipeline: Pipeline, running: Callable[..., Worker]) -> None
     await dead_letter(pipeline, running, 2)
     assert dlq.purge(pipeline.url, pipeline.queue) == 2
     assert pipeline.depth(dead_letter_queue(pipeline.queue)) == 0
+
+
+def test_a_queue_that_does_not_exist_is_one_clear_error(
+    broker_url: str, names: Callable[[str], str]
+) -> None:
+    missing = names("missing")
+    with pytest.raises(
+        TopologyMissing, match=rf"no queue '{missing}\.dlq'.*leveret topology apply"
+    ):
+        dlq.browse(broker_url, missing)
+    with pytest.raises(TopologyMissing):
+        dlq.purge(broker_url, missing)

@@ -35,6 +35,26 @@ def report(scenario: str, ledger: Ledger, **extra: object) -> None:
     print(f"reliability: {scenario} {json.dumps({**ledger.summary(), **extra})}")
 
 
+class SteadyPublisher(threading.Thread):
+    """Publishes ``count`` tasks, 50 a second, recording every confirmed id."""
+
+    def __init__(self, url: str, exchange: str, count: int) -> None:
+        super().__init__()
+        self.url, self.exchange, self.count = url, exchange, count
+        self.ledger = Ledger()
+        self.errors: list[BaseException] = []
+        self.start()
+
+    def run(self) -> None:
+        try:
+            with Publisher(self.url, reconnect_timeout=90) as pub:
+                for n in range(self.count):
+                    self.ledger.published.add(pub.publish(Task(n=n), exchange=self.exchange))
+                    time.sleep(0.02)
+        except BaseException as exc:  # the test reports it
+            self.errors.append(exc)
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -144,20 +164,8 @@ async def test_broker_stop_and_start_while_publishing_and_consuming(
     pipeline: Pipeline, running: Callable[..., Worker]
 ) -> None:
     running()
-    ledger = Ledger()
-    errors: list[BaseException] = []
-
-    def publish_steadily() -> None:
-        try:
-            with Publisher(pipeline.url, reconnect_timeout=90) as pub:
-                for n in range(150):
-                    ledger.published.add(pub.publish(Task(n=n), exchange=pipeline.exchange))
-                    time.sleep(0.02)
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-
-    publisher = threading.Thread(target=publish_steadily)
-    publisher.start()
+    publisher = SteadyPublisher(pipeline.url, pipeline.exchange, 150)
+    ledger, errors = publisher.ledger, publisher.errors
     await pipeline.wait(lambda: len(pipeline.finals("processed")) >= 20, timeout=30)
     await asyncio.to_thread(rabbitmqctl, "stop_app")
     await asyncio.sleep(1)
@@ -187,20 +195,8 @@ async def test_connections_cut_and_stalled_by_a_proxy(pipeline: Pipeline) -> Non
         url = proxy.url(heartbeat=1)
         worker = Worker(pipeline.app, url, on_outcome=pipeline.outcomes.append)
         task = asyncio.create_task(worker.run())
-        ledger = Ledger()
-        errors: list[BaseException] = []
-
-        def publish_steadily() -> None:
-            try:
-                with Publisher(url, reconnect_timeout=60) as pub:
-                    for n in range(200):
-                        ledger.published.add(pub.publish(Task(n=n), exchange=pipeline.exchange))
-                        time.sleep(0.02)
-            except BaseException as exc:  # reported below
-                errors.append(exc)
-
-        publisher = threading.Thread(target=publish_steadily)
-        publisher.start()
+        publisher = SteadyPublisher(url, pipeline.exchange, 200)
+        ledger, errors = publisher.ledger, publisher.errors
         await pipeline.wait(lambda: len(pipeline.finals("processed")) >= 20)
         proxy.cut()
         await pipeline.wait(lambda: len(pipeline.finals("processed")) >= 60, timeout=30)
