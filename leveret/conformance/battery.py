@@ -121,7 +121,8 @@ class Battery:
         count = headers.get(wire.RETRY_COUNT)
         ok = (
             count == policy.max_attempts
-            and type(count) is int
+            and isinstance(count, int)
+            and not isinstance(count, bool)  # any AMQP integer field, never a boolean
             and headers.get(wire.REASON) == wire.HANDLER_ERROR
             and not missing
             and task not in self._receipts
