@@ -15,6 +15,7 @@ import aiormq
 import aiormq.exceptions
 import structlog
 from pamqp import commands as spec
+from yarl import URL
 
 from leveret import connection, wire
 from leveret.errors import (
@@ -93,6 +94,17 @@ async def publish_on(
         raise Unroutable(unroutable(env))
 
 
+async def _open(conn: aio_pika.Connection) -> None:
+    try:
+        await conn.connect()
+    except BaseException:
+        # A half-made connection left to the garbage collector schedules its
+        # close() from __del__, on whatever thread that runs in: close it here.
+        with contextlib.suppress(Exception):
+            await conn.close()
+        raise
+
+
 async def connect(
     urls: Sequence[str], *, name: str, attempts: int = 1
 ) -> aio_pika.abc.AbstractConnection:
@@ -104,14 +116,18 @@ async def connect(
     last: BaseException | None = None
     for _ in range(attempts):
         for url in urls:
-            try:
-                return await aio_pika.connect(
+            conn = aio_pika.Connection(
+                URL(
                     connection.without_tls_params(
                         connection.with_query(url, heartbeat=connection.HEARTBEAT)
-                    ),
-                    client_properties={"connection_name": name},
-                    ssl_context=connection.tls_context(url),
-                )
+                    )
+                ),
+                client_properties={"connection_name": name},
+                ssl_context=connection.tls_context(url),
+            )
+            try:
+                await _open(conn)
+                return conn
             except aiormq.exceptions.ProbableAuthenticationError as exc:
                 raise BrokerUnavailable(
                     f"broker at {connection.redact(url)} refused the credentials"
