@@ -1,0 +1,79 @@
+// Configuration from the environment, and keeping the password out of logs.
+
+import { fileURLToPath } from "node:url";
+
+export const DEFAULTS = Object.freeze({
+  url: "amqp://guest:guest@localhost:5672/",
+  queue: "leveret.demo.tasks",
+  prefetch: 8,
+  graceSeconds: 30,
+});
+
+/** The repository's schemas/ folder, found relative to this file (consumers/node/src/). */
+export const DEFAULT_SCHEMAS = fileURLToPath(new URL("../../../schemas/", import.meta.url));
+
+export class ConfigError extends Error {
+  name = "ConfigError";
+}
+
+function positiveInt(name, raw, fallback) {
+  if (raw === undefined || raw === "") return fallback;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < 1) throw new ConfigError(`${name} must be a positive integer, got ${JSON.stringify(raw)}`);
+  return n;
+}
+
+function positiveNumber(name, raw, fallback) {
+  if (raw === undefined || raw === "") return fallback;
+  const n = Number(raw);
+  if (!Number.isFinite(n) || n <= 0) throw new ConfigError(`${name} must be a positive number, got ${JSON.stringify(raw)}`);
+  return n;
+}
+
+/**
+ * Read the worker's settings:
+ *   LEVERET_URL, LEVERET_QUEUE, LEVERET_SCHEMAS, LEVERET_PREFETCH, and
+ *   LEVERET_GRACE (seconds in-flight handlers get on shutdown, default 30).
+ */
+export function loadConfig(env = process.env) {
+  const url = env.LEVERET_URL || DEFAULTS.url;
+  if (!/^amqps?:\/\//i.test(url)) throw new ConfigError(`LEVERET_URL must be an amqp:// or amqps:// URL, got ${redact(url)}`);
+  return {
+    url,
+    queue: env.LEVERET_QUEUE || DEFAULTS.queue,
+    schemas: env.LEVERET_SCHEMAS || DEFAULT_SCHEMAS,
+    prefetch: positiveInt("LEVERET_PREFETCH", env.LEVERET_PREFETCH, DEFAULTS.prefetch),
+    graceMs: positiveNumber("LEVERET_GRACE", env.LEVERET_GRACE, DEFAULTS.graceSeconds) * 1000,
+  };
+}
+
+/**
+ * A URL fit for a log line: `amqp://user:***@host:5672/`. Everything before
+ * the last `@` ahead of the query counts as credentials, so a password with a
+ * stray `@` or `/` is hidden too (at worst, too much is hidden).
+ */
+export function redact(url) {
+  const scheme = url.indexOf("://");
+  if (scheme < 0) return url;
+  const rest = url.slice(scheme + 3);
+  const queryStart = rest.search(/[?#]/);
+  const at = (queryStart < 0 ? rest : rest.slice(0, queryStart)).lastIndexOf("@");
+  if (at < 0) return url;
+  const userinfo = rest.slice(0, at);
+  const colon = userinfo.indexOf(":");
+  const user = colon < 0 ? userinfo : userinfo.slice(0, colon);
+  const masked = colon < 0 ? user : `${user}:***`;
+  return `${url.slice(0, scheme + 3)}${masked}${rest.slice(at)}`;
+}
+
+/** Remove the URL's password from any text (an error message, say). */
+export function scrub(text, url) {
+  let password = "";
+  try {
+    password = decodeURIComponent(new URL(url).password);
+  } catch {
+    return text;
+  }
+  if (!password) return text;
+  return String(text).split(password).join("***");
+}

@@ -1,0 +1,386 @@
+// The consuming loop of docs/contract.md §4 with amqplib: passive checks,
+// manual acks and a prefetch, settling each delivery (ack, or copy then ack,
+// or reject without requeue), reconnecting, and a graceful shutdown.
+// The decisions themselves are pure and live in wire.js.
+
+import { randomUUID } from "node:crypto";
+import { hostname } from "node:os";
+import { setTimeout as sleep } from "node:timers/promises";
+import amqp from "amqplib";
+import { redact, scrub } from "./config.js";
+import { ConfirmPublisher } from "./confirm.js";
+import { logger } from "./log.js";
+import {
+  DEFAULT_MAX_SIZE,
+  HandlerTimeout,
+  deadExchange,
+  deadLetterQueue,
+  failure,
+  publishProperties,
+  resolve,
+  retryExchange,
+  toDelivery,
+} from "./wire.js";
+
+/** Handlers default to 25 minutes: below RabbitMQ's consumer_timeout (30). */
+export const DEFAULT_TIMEOUT_MS = 25 * 60 * 1000;
+const CHECK_INTERVAL_MS = 5000;
+const START_PATIENCE_MS = 30_000;
+
+/** The worker cannot start, and retrying will not help: exit 1 with this one line. */
+export class StartupError extends Error {
+  name = "StartupError";
+}
+
+class ConnectionLost extends Error {
+  name = "ConnectionLost";
+}
+
+/**
+ * Run handlers against one work queue until stop() is called.
+ *
+ * @param options.url        the broker URL
+ * @param options.queue      the work queue Q
+ * @param options.schemas    a Schemas instance (src/schemas.js)
+ * @param options.handlers   [{type, versions: [1, 2], handle(payload, ctx), timeoutMs?}]
+ * @param options.prefetch   basic.qos prefetch, and so the handlers running at once
+ * @param options.graceMs    how long in-flight handlers may run on after stop()
+ * @param options.maxSize    the largest body accepted
+ * @param options.log        {info, warn, error}(event, fields)
+ */
+export class Worker {
+  #stopRequested = false;
+  #onStop = [];
+  #inflight = new Set();
+
+  constructor({ url, queue, schemas, handlers, prefetch = 8, graceMs = 30_000, maxSize = DEFAULT_MAX_SIZE, log = logger }) {
+    this.url = url;
+    this.queue = queue;
+    this.schemas = schemas;
+    this.prefetch = prefetch;
+    this.graceMs = graceMs;
+    this.maxSize = maxSize;
+    this.log = log;
+    this.identity = `${hostname()}:${process.pid}`;
+    this.handlers = new Map();
+    for (const h of handlers) this.#register(h);
+    if (this.handlers.size === 0) throw new StartupError("no handlers: nothing to consume");
+  }
+
+  #register({ type, versions, handle, timeoutMs = DEFAULT_TIMEOUT_MS }) {
+    if (typeof handle !== "function") throw new StartupError(`handler for ${type}: handle must be a function`);
+    for (const v of versions) {
+      if (!this.schemas.has(type, v)) throw new StartupError(`handler for ${type} v${v}: no schema file for it`);
+    }
+    if (this.handlers.has(type)) throw new StartupError(`two handlers for ${type}`);
+    this.handlers.set(type, { type, versions: new Set(versions), handle, timeoutMs });
+  }
+
+  /** Ask the worker to shut down gracefully (safe from a signal handler). */
+  stop() {
+    if (this.#stopRequested) return;
+    this.#stopRequested = true;
+    for (const wake of this.#onStop.splice(0)) wake();
+  }
+
+  #stopped() {
+    return this.#stopRequested ? Promise.resolve() : new Promise((wake) => this.#onStop.push(wake));
+  }
+
+  /**
+   * Consume until stop(), reconnecting with backoff when the connection or a
+   * channel is lost. Rejects with a StartupError when the topology is missing,
+   * access is refused, or the broker stays unreachable for 30 s at start.
+   */
+  async run() {
+    let started = false;
+    let delay = 500;
+    const giveUpAt = Date.now() + START_PATIENCE_MS;
+    while (!this.#stopRequested) {
+      try {
+        await this.#session(started);
+        started = true;
+        delay = 500;
+      } catch (err) {
+        if (err instanceof StartupError) throw err;
+        if (err?.code === 403) throw new StartupError(`access refused: ${this.#text(err)}`);
+        if (!started && /ACCESS.REFUSED/.test(String(err?.message))) {
+          throw new StartupError(`the broker refused the credentials: ${this.#text(err)}`);
+        }
+        if (!started && /Expected ConnectionOpenOk/.test(String(err?.message))) {
+          throw new StartupError(`the broker refused the virtual host of ${redact(this.url)} (missing, or no permission)`);
+        }
+        if (!started && Date.now() > giveUpAt) {
+          throw new StartupError(`cannot reach the broker at ${redact(this.url)}: ${this.#text(err)}`);
+        }
+        if (err instanceof ConnectionLost) {
+          started = true; // it had been consuming: reconnect promptly
+          delay = 500;
+        }
+        this.log.warn(started ? "worker.connection_lost" : "worker.broker_unavailable", {
+          error: this.#text(err),
+          retry_in_ms: delay,
+        });
+      }
+      if (this.#stopRequested) break;
+      await Promise.race([sleep(delay), this.#stopped()]);
+      delay = Math.min(delay * 2, 10_000);
+    }
+    if (started) this.log.info("worker.stopped", { queue: this.queue });
+  }
+
+  #text(err) {
+    return scrub(err?.message ?? String(err), this.url);
+  }
+
+  /** One connection's life. Returns after a graceful stop; throws when the connection is lost. */
+  async #session(started) {
+    const conn = await amqp.connect(this.url, {
+      clientProperties: { connection_name: `leveret-node-worker ${this.identity}` },
+    });
+    let lostReason = null;
+    let wakeLost;
+    const lost = new Promise((wake) => (wakeLost = wake));
+    const markLost = (reason) => {
+      lostReason ??= reason;
+      wakeLost();
+    };
+    let closing = false;
+    conn.on("error", (err) => markLost(`connection error: ${this.#text(err)}`));
+    conn.on("close", () => closing || markLost("connection closed"));
+    conn.on("blocked", (reason) => this.log.warn("worker.blocked", { reason }));
+    const watch = (ch, name) => {
+      ch.on("error", (err) => markLost(`${name} channel: ${this.#text(err)}`));
+      ch.on("close", () => closing || markLost(`${name} channel closed`));
+      return ch;
+    };
+    let monitor;
+    const channels = []; // closed in reverse order of opening: consume, publish, check
+    const open = async (name, confirm = false) => {
+      const ch = watch(await (confirm ? conn.createConfirmChannel() : conn.createChannel()), name);
+      channels.unshift(ch);
+      return ch;
+    };
+    try {
+      await this.#verify(conn, started);
+      const check = await open("check");
+      const publisher = new ConfirmPublisher(await open("publish", true));
+      const consume = await open("consume");
+      await consume.prefetch(this.prefetch);
+      let draining = false;
+      const { consumerTag } = await consume.consume(
+        this.queue,
+        (msg) => {
+          if (msg === null) return markLost(`the broker cancelled the consumer on '${this.queue}'`);
+          if (draining) {
+            // It arrived after shutdown began: hand it back to Q untouched.
+            try {
+              consume.reject(msg, true);
+            } catch {
+              // the channel is closing; the broker requeues it anyway
+            }
+            return;
+          }
+          const task = this.#process(msg, consume, publisher).finally(() => this.#inflight.delete(task));
+          this.#inflight.add(task);
+        },
+        { noAck: false },
+      );
+      await this.#checkConsumer(check);
+      this.log.info(started ? "worker.resumed" : "worker.consuming", {
+        queue: this.queue,
+        prefetch: this.prefetch,
+        types: [...this.handlers.keys()],
+        broker: redact(this.url),
+      });
+      monitor = setInterval(() => {
+        this.#checkConsumer(check).catch((err) => {
+          this.log.error("worker.consumer_lost", { error: this.#text(err) });
+          markLost(this.#text(err));
+        });
+      }, CHECK_INTERVAL_MS);
+      await Promise.race([this.#stopped(), lost]);
+      if (lostReason !== null) throw new ConnectionLost(lostReason);
+      clearInterval(monitor); // the cancel below leaves zero consumers on purpose
+      draining = true;
+      await this.#drain(consume, consumerTag);
+    } finally {
+      clearInterval(monitor);
+      closing = true;
+      // amqplib may put connection.close on the wire ahead of frames still
+      // queued on a channel, such as the last acks: close each channel first
+      // (its close-ok comes after the broker has processed them).
+      if (lostReason === null) for (const ch of channels) await closeChannel(ch);
+      await conn.close().catch(() => {});
+    }
+  }
+
+  /** Passive declares of Q, Q.retry, Q.dead and Q.dlq, each on a channel of its own. */
+  async #verify(conn, started) {
+    const needed = [
+      ["queue", this.queue],
+      ["exchange", retryExchange(this.queue)],
+      ["exchange", deadExchange(this.queue)],
+      ["queue", deadLetterQueue(this.queue)],
+    ];
+    const missing = [];
+    for (const [kind, name] of needed) {
+      const ch = await conn.createChannel();
+      ch.on("error", () => {}); // a 404 closes this channel; the rejection below reports it
+      try {
+        await (kind === "queue" ? ch.checkQueue(name) : ch.checkExchange(name));
+        await ch.close();
+      } catch (err) {
+        if (err?.code === 403) throw new StartupError(`access refused on ${kind} '${name}': ${this.#text(err)}`);
+        if (err?.code !== 404) throw err;
+        missing.push(`${kind} '${name}'`);
+      }
+    }
+    if (missing.length === 0) return;
+    const line = `missing on the broker: ${missing.join(", ")}; run \`leveret topology apply\``;
+    if (!started) throw new StartupError(line);
+    throw new Error(line); // after a start: wait for the topology to come back
+  }
+
+  /** A reconnect that leaves zero consumers is a silent failure: ask the broker. */
+  async #checkConsumer(check) {
+    const { consumerCount } = await check.checkQueue(this.queue);
+    if (consumerCount === 0) throw new Error(`no consumer registered on '${this.queue}'`);
+  }
+
+  /** Stop taking messages; let in-flight handlers finish and settle within the grace period. */
+  async #drain(consume, consumerTag) {
+    try {
+      await consume.cancel(consumerTag);
+    } catch (err) {
+      this.log.warn("worker.cancel_failed", { error: this.#text(err) });
+    }
+    const pending = [...this.#inflight];
+    this.log.info("worker.draining", { in_flight: pending.length, grace_ms: this.graceMs });
+    if (pending.length === 0) return;
+    let timer;
+    const expired = new Promise((wake) => (timer = setTimeout(() => wake(true), this.graceMs)));
+    const late = await Promise.race([Promise.allSettled(pending).then(() => false), expired]);
+    clearTimeout(timer);
+    if (late) this.log.warn("worker.grace_expired", { unfinished: this.#inflight.size });
+  }
+
+  /** Check, run and settle one delivery; log its outcome. Never throws. */
+  async #process(msg, consume, publisher) {
+    const started = performance.now();
+    const delivery = toDelivery(msg);
+    let decision = null; // null: ack
+    try {
+      const { handler, version, payload } = resolve(delivery, {
+        handlers: this.handlers,
+        validate: (type, v, value) => this.schemas.validate(type, v, value),
+        maxSize: this.maxSize,
+      });
+      const controller = new AbortController();
+      const ctx = this.#context(delivery, version, publisher, controller.signal);
+      await this.#call(handler, payload, ctx, controller);
+    } catch (err) {
+      decision = failure(delivery, this.queue, err, { consumer: `${this.queue}@${this.identity}` });
+    }
+    const outcome = await this.#settle(msg, decision, consume, publisher);
+    const fields = {
+      message_id: delivery.messageId,
+      type: delivery.type,
+      version: delivery.version,
+      queue: this.queue,
+      attempt: delivery.attempt,
+      outcome,
+      duration_ms: Math.round((performance.now() - started) * 100) / 100,
+      reason: decision?.reason,
+      error: decision?.error ?? null,
+    };
+    const level = outcome === "processed" ? "info" : outcome === "dead_lettered" ? "error" : "warn";
+    this.log[level](`message.${outcome}`, fields);
+  }
+
+  /** Run a handler with its timeout; on timeout, abort ctx.signal and fail (transient). */
+  async #call(handler, payload, ctx, controller) {
+    let timer;
+    const timeout = new Promise((_, reject) => {
+      timer = setTimeout(() => {
+        const err = new HandlerTimeout(`handler for ${handler.type} exceeded its timeout of ${handler.timeoutMs} ms`);
+        controller.abort(err);
+        reject(err);
+      }, handler.timeoutMs);
+    });
+    try {
+      await Promise.race([Promise.resolve().then(() => handler.handle(payload, ctx)), timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** What a handler gets besides its payload. */
+  #context(delivery, version, publisher, signal) {
+    const schemas = this.schemas;
+    const maxSize = this.maxSize;
+    return {
+      messageId: delivery.messageId ?? "",
+      type: delivery.type,
+      version,
+      queue: this.queue,
+      attempt: delivery.attempt,
+      redelivered: delivery.redelivered,
+      correlationId: delivery.properties.correlationId ?? null,
+      headers: delivery.headers,
+      /** Aborted when the handler times out: pass it to anything cancellable. */
+      signal,
+      log: this.log,
+      /**
+       * Publish a message the way the contract says: validated, with its
+       * properties, persistent, mandatory, and confirmed before this resolves.
+       * Returns the new message id.
+       */
+      async publish(type, v, payload, { exchange, routingKey = "", correlationId, headers } = {}) {
+        if (typeof exchange !== "string") throw new TypeError("publish: an exchange is required");
+        const problem = schemas.validate(type, v, payload);
+        if (problem) throw new Error(`refusing to publish an invalid ${type} v${v}: ${problem}`);
+        const body = Buffer.from(JSON.stringify(payload), "utf8");
+        if (body.length > maxSize) throw new Error(`refusing to publish ${body.length} bytes, over ${maxSize}`);
+        const messageId = randomUUID();
+        const options = publishProperties({ type, version: v, messageId, correlationId, headers });
+        await publisher.publish(exchange, routingKey, body, options);
+        return messageId;
+      },
+    };
+  }
+
+  /** Ack; or publish the copy, wait for the confirm, then ack; or reject without requeue. */
+  async #settle(msg, decision, consume, publisher) {
+    try {
+      if (decision === null) {
+        consume.ack(msg);
+        return "processed";
+      }
+      try {
+        await publisher.publish(decision.exchange, decision.routingKey, msg.content, decision.properties);
+      } catch (err) {
+        // nacked, returned, or the publish channel closed
+        this.log.error("message.republish_failed", { exchange: decision.exchange, error: this.#text(err) });
+        // Never ack a message whose copy the broker did not take: rejecting
+        // it sends it down Q's own dead-letter exchange (Q.dead) instead.
+        consume.reject(msg, false);
+        return "dead_lettered";
+      }
+      consume.ack(msg);
+      return decision.outcome;
+    } catch (err) {
+      // The consuming channel is gone: the broker redelivers the message.
+      this.log.warn("message.settle_failed", { error: this.#text(err) });
+      return "redelivery_pending";
+    }
+  }
+}
+
+/** Close a channel, waiting a little for the broker's close-ok. */
+async function closeChannel(ch, timeoutMs = 5000) {
+  let timer;
+  const late = new Promise((wake) => (timer = setTimeout(wake, timeoutMs)));
+  await Promise.race([ch.close().catch(() => {}), late]);
+  clearTimeout(timer);
+}
