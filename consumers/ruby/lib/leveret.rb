@@ -1,0 +1,13 @@
+# frozen_string_literal: true
+
+# leveret for Ruby: a worker and a publisher that follow docs/contract.md with
+# Bunny and json_schemer (both from Debian's packages).
+require_relative "leveret/errors"
+require_relative "leveret/wire"
+require_relative "leveret/log"
+require_relative "leveret/strict_json"
+require_relative "leveret/schemas"
+require_relative "leveret/app"
+require_relative "leveret/confirm_publisher"
+require_relative "leveret/worker"
+require_relative "leveret/demo"

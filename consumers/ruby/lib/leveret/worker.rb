@@ -1,0 +1,393 @@
+# frozen_string_literal: true
+
+require "bunny"
+require "socket"
+require "timeout"
+
+module Leveret
+  # Consumes one work queue with Bunny and settles every delivery as
+  # docs/contract.md §4 says.
+  #
+  # Handlers run on the consuming channel's Bunny work pool (`concurrency`
+  # threads). A delivery is acked only after its handler returned. A failure is
+  # copied to `<queue>.retry` (transient) or `<queue>.dead` (permanent) on the
+  # calling thread's confirm channel, and the delivery is acked only once the
+  # copy is confirmed, or rejected without requeue if it is not.
+  #
+  # The main thread only waits: for SIGTERM/SIGINT, for Bunny's "recovery
+  # completed" hook, and every CHECK_INTERVAL seconds to check that the queue
+  # still has a consumer.
+  class Worker
+    CHECK_INTERVAL = 5.0
+    CONNECT_TIMEOUT = 30.0
+
+    # @param app [App] the queue and its handlers
+    # @param url [String] the broker URL (its password never reaches a log line)
+    # @param prefetch [Integer] unacked deliveries the broker may send ahead
+    # @param concurrency [Integer] handlers running at once (Bunny work pool size)
+    # @param grace [Numeric] seconds in-flight handlers get to finish on shutdown
+    def initialize(app:, url:, prefetch: 8, concurrency: nil, grace: 30.0, log: Log.new,
+                   connect_timeout: CONNECT_TIMEOUT, check_interval: CHECK_INTERVAL)
+      raise ConfigurationError, "prefetch must be a positive integer" unless prefetch.is_a?(Integer) && prefetch.positive?
+
+      @app = app
+      @url = url
+      @prefetch = prefetch
+      @concurrency = concurrency || prefetch
+      raise ConfigurationError, "concurrency must be a positive integer" unless @concurrency.is_a?(Integer) && @concurrency.positive?
+
+      @grace = grace
+      @log = log
+      @connect_timeout = connect_timeout
+      @check_interval = check_interval
+      @identity = Wire.failed_by(app.queue)
+      @inflight = 0
+      @inflight_mutex = Mutex.new
+      @stopping = false
+      @stop_requested = false
+      @subscriptions = 0
+      @wake_r, @wake_w = IO.pipe
+    end
+
+    attr_reader :identity
+
+    # Run until SIGTERM or SIGINT (or #stop).
+    #
+    # @return [Integer] the exit status: 0 after a clean shutdown, 1 if the
+    #   broker cannot be reached or the topology is missing
+    def run(install_signal_handlers: true)
+      previous = trap_signals if install_signal_handlers
+      return(@stop_requested ? 0 : 1) unless connect
+
+      verify_topology!
+      @publisher = ConfirmPublisher.new(@connection)
+      @connection.after_recovery_completed { wake("R") }
+      start_consuming
+      @log.info("worker.consuming", queue: @app.queue, prefetch: @prefetch, concurrency: @concurrency,
+                                    types: @app.handlers.transform_values(&:versions), broker: broker)
+      wait_for_stop
+    rescue TopologyMissing => e
+      @log.error("worker.topology_missing", error: e.message)
+      1
+    ensure
+      previous&.each { |signal, handler| trap(signal, handler || "DEFAULT") }
+      close_connection
+    end
+
+    # Ask the worker to shut down gracefully (safe from a signal handler).
+    def stop
+      @stop_requested = true
+      wake("T")
+    end
+
+    private
+
+    # --- connection and topology ---------------------------------------------------
+
+    def connect
+      deadline = monotonic + @connect_timeout
+      delay = 0.5
+      begin
+        @connection = Bunny.new(
+          Wire.bunny_url(@url),
+          automatically_recover: true,
+          recover_from_connection_close: true,
+          network_recovery_interval: 2.0,
+          recovery_attempts: nil,
+          heartbeat: 30,
+          connection_name: "leveret-ruby-worker #{Socket.gethostname}:#{Process.pid}",
+          logger: @log.to_logger
+        )
+        @connection.start
+        true
+      rescue Bunny::Exception, SystemCallError, IOError, Timeout::Error => e
+        discard_connection
+        if retryable?(e) && monotonic + delay < deadline && !@stop_requested
+          @log.warning("worker.broker_unavailable", broker: broker, error: e.class.name, retry_in: delay)
+          sleep delay
+          delay = [delay * 2, 5.0].min
+          retry
+        end
+        @log.error("worker.broker_unavailable", broker: broker, error: "#{e.class}: #{e.message}",
+                                                hint: "is RabbitMQ running and LEVERET_URL right?")
+        false
+      end
+    end
+
+    # Refused credentials or an unknown vhost will not get better by waiting.
+    def retryable?(error)
+      !error.is_a?(Bunny::AuthenticationFailureError) &&
+        !error.is_a?(Bunny::PossibleAuthenticationFailureError) &&
+        !error.is_a?(Bunny::NotAllowedError) &&
+        !error.is_a?(Bunny::AccessRefused)
+    end
+
+    def discard_connection
+      @connection&.close(false)
+    rescue StandardError
+      nil
+    ensure
+      @connection = nil
+    end
+
+    # The contract's set-up: Q, Q.retry, Q.dead and Q.dlq must exist. Passive
+    # declares only, each on its own channel (a 404 closes the channel).
+    def verify_topology!
+      missing = Wire.required(@app.queue).reject do |kind, name|
+        ch = @connection.create_channel
+        begin
+          kind == :queue ? ch.queue_declare(name, passive: true) : ch.exchange_declare(name, "direct", passive: true)
+          true
+        rescue Bunny::NotFound
+          false
+        ensure
+          ch.close if ch.open?
+        end
+      end
+      return if missing.empty?
+
+      raise TopologyMissing,
+            "missing on the broker: #{missing.map { |k, n| "#{k} #{n.inspect}" }.join(', ')}; " \
+            "run `leveret topology apply`"
+    end
+
+    # --- consuming -------------------------------------------------------------------
+
+    # Open the consuming channel (manual acks, prefetch) and subscribe.
+    def start_consuming
+      # The work pool's shutdown timeout only bounds Bunny's own wait in
+      # basic.cancel; the grace period is enforced in #shutdown.
+      ch = @connection.create_channel(nil, @concurrency, false, @grace)
+      ch.basic_qos(@prefetch)
+      ch.on_error { |_ch, close| @log.error("worker.channel_error", error: "#{close.reply_code} #{close.reply_text}") }
+      ch.on_uncaught_exception { |e, _consumer| @log.error("worker.uncaught", error: "#{e.class}: #{e.message}") }
+      @consume_channel = ch
+      subscribe(ch)
+    end
+
+    def subscribe(ch)
+      @subscriptions += 1
+      # no_declare: never declared, not even passively on recovery.
+      queue = Bunny::Queue.new(ch, @app.queue, no_declare: true)
+      @consumer = queue.subscribe(
+        manual_ack: true,
+        block: false,
+        consumer_tag: "leveret-ruby-#{Socket.gethostname}-#{Process.pid}-#{@subscriptions}",
+        on_cancellation: proc { wake("C") }
+      ) { |info, props, body| on_delivery(ch, info, props, body) }
+    end
+
+    # Runs on a work-pool thread, once per delivery.
+    def on_delivery(channel, info, props, body)
+      track(+1)
+      begin
+        if @stopping
+          # Shutdown has begun: hand it back untouched, for another consumer.
+          settle_quietly { channel.reject(info.delivery_tag, true) }
+          @log.info("message.requeued", message_id: props.message_id, queue: @app.queue, outcome: "requeued")
+          return
+        end
+        started = monotonic
+        delivery = to_delivery(info, props, body)
+        copy = nil
+        version = nil
+        begin
+          handler, version, payload = @app.resolve(delivery)
+          ctx = Context.new(delivery: delivery, version: version, queue: @app.queue,
+                            publisher: @publisher, schemas: @app.schemas, log: @log)
+          Timeout.timeout(handler.timeout, HandlerTimeout,
+                          "handler #{handler.name} exceeded its timeout of #{handler.timeout}s") do
+            handler.callable.call(payload, ctx)
+          end
+        rescue SignalException, SystemExit
+          raise
+        rescue Exception => e # rubocop:disable Lint/RescueException -- every failure is settled, never raised
+          copy = Wire.failure(delivery, @app.queue, e, consumer: @identity)
+        end
+        outcome = settle(channel, info.delivery_tag, props, body, copy)
+        report(delivery, version || delivery.version, copy, outcome, monotonic - started)
+      ensure
+        track(-1)
+      end
+    end
+
+    def to_delivery(info, props, body)
+      Wire::Delivery.new(
+        body: body,
+        exchange: info.exchange.to_s,
+        routing_key: info.routing_key.to_s,
+        message_id: props.message_id,
+        type: props.type,
+        content_type: props.content_type,
+        correlation_id: props.correlation_id,
+        redelivered: info.redelivered,
+        headers: props.headers || {}
+      )
+    end
+
+    # Ack, or publish the copy, wait for its confirm, then ack (contract §4,
+    # steps 7 to 9).
+    #
+    # @return [String] the outcome
+    def settle(channel, tag, props, body, copy)
+      if copy.nil?
+        channel.ack(tag)
+        return "processed"
+      end
+
+      begin
+        @publisher.publish(body, exchange: copy.exchange, routing_key: copy.routing_key,
+                                 properties: Wire.copy_properties(props.to_hash, copy.headers))
+      rescue ConnectionLost => e
+        # The delivery cannot be settled on a dead connection: the broker will
+        # redeliver it (and the copy may exist too; handlers are idempotent).
+        @log.warning("message.republish_failed", message_id: props.message_id, exchange: copy.exchange, error: e.message)
+        return "redelivery_pending"
+      rescue PublishError => e
+        # Never ack a message whose copy the broker did not take: rejecting it
+        # sends it down Q's own dead-letter exchange, Q.dead, instead.
+        @log.error("message.republish_failed", message_id: props.message_id, exchange: copy.exchange, error: e.message)
+        channel.reject(tag, false)
+        return "dead_lettered"
+      end
+      channel.ack(tag)
+      copy.outcome
+    rescue Bunny::Exception, IOError, SystemCallError, Timeout::Error => e
+      @log.warning("message.settle_failed", message_id: props.message_id, error: "#{e.class}: #{e.message}")
+      "redelivery_pending"
+    end
+
+    # The one log line of a settled delivery.
+    def report(delivery, version, copy, outcome, duration)
+      fields = {
+        message_id: delivery.message_id, queue: @app.queue, type: delivery.type, version: version,
+        attempt: delivery.attempt, outcome: outcome, duration_ms: (duration * 1000).round(2)
+      }
+      fields.merge!(reason: copy.reason, error: copy.error) if copy
+      level = { "processed" => :info, "dead_lettered" => :error }.fetch(outcome, :warning)
+      @log.public_send(level, "message.#{outcome}", **fields)
+    end
+
+    def settle_quietly
+      yield
+    rescue Bunny::Exception, IOError, SystemCallError, Timeout::Error
+      nil
+    end
+
+    def track(delta) = @inflight_mutex.synchronize { @inflight += delta }
+
+    def inflight = @inflight_mutex.synchronize { @inflight }
+
+    # --- the main thread ---------------------------------------------------------------
+
+    def wait_for_stop
+      loop do
+        ready = IO.select([@wake_r], nil, nil, @check_interval)
+        events = ready ? @wake_r.read_nonblock(1024, exception: false).to_s : ""
+        return shutdown if @stop_requested
+
+        @log.info("worker.recovered", queue: @app.queue, broker: broker) if events.include?("R")
+        @log.warning("worker.consumer_cancelled", queue: @app.queue) if events.include?("C")
+        return 1 unless ensure_consuming
+      end
+    end
+
+    # After a recovery, and every few seconds: ask the broker whether the queue
+    # still has a consumer. A reconnect that leaves none is a silent failure.
+    #
+    # @return [Boolean] false if the queue no longer exists
+    def ensure_consuming
+      return true unless @connection.open?
+
+      count = consumer_count
+      return true if count.positive?
+
+      @log.error("worker.consumers_lost", queue: @app.queue)
+      # Consume again: on the same channel if it is still open (its in-flight
+      # deliveries can still be settled), else on a new one.
+      @consume_channel&.open? ? subscribe(@consume_channel) : start_consuming
+      @log.info("worker.resumed", queue: @app.queue)
+      true
+    rescue Bunny::NotFound
+      @log.error("worker.topology_missing",
+                 error: "queue #{@app.queue.inspect} no longer exists; run `leveret topology apply`")
+      false
+    rescue Bunny::Exception, IOError, SystemCallError, Timeout::Error, RuntimeError => e
+      # RuntimeError: Bunny's "this connection is not open", mid-recovery. The
+      # next check (or the recovery hook) tries again.
+      @log.warning("worker.check_failed", error: "#{e.class}: #{e.message}")
+      true
+    end
+
+    def consumer_count
+      @check_channel = nil unless @check_channel&.open?
+      @check_channel ||= @connection.create_channel
+      @check_channel.queue_declare(@app.queue, passive: true).consumer_count
+    end
+
+    # The contract's shutdown: basic.cancel, let in-flight handlers finish and
+    # settle within the grace period, close the connection (anything unsettled
+    # returns to the queue).
+    def shutdown
+      @stopping = true
+      deadline = monotonic + @grace
+      @log.info("worker.draining", queue: @app.queue, in_flight: inflight, grace: @grace)
+      # Bunny's basic.cancel waits for cancel-ok, then for its work pool; run it
+      # aside so that the grace period stays this method's to enforce.
+      canceller = Thread.new do
+        @consumer.cancel if @consume_channel&.open? && @connection.open?
+      rescue Bunny::Exception, IOError, SystemCallError, Timeout::Error => e
+        @log.warning("worker.cancel_failed", error: "#{e.class}: #{e.message}")
+      end
+      forced = false
+      until drained?(canceller)
+        if monotonic >= deadline
+          @log.warning("worker.grace_expired", unfinished: inflight)
+          break
+        end
+        if IO.select([@wake_r], nil, nil, 0.05) && @wake_r.read_nonblock(1024, exception: false).to_s.include?("T")
+          @log.warning("worker.forced", unfinished: inflight)
+          forced = true
+          break
+        end
+      end
+      close_connection
+      canceller.kill if canceller.alive?
+      @log.info("worker.stopped", queue: @app.queue)
+      forced ? 1 : 0
+    end
+
+    # No handler running, and the cancel went through (no new delivery can come).
+    def drained?(canceller)
+      return false unless inflight.zero?
+
+      !canceller.alive? || !(@consume_channel&.open? && @consume_channel.any_consumers?)
+    end
+
+    def close_connection
+      return unless @connection
+
+      @publisher&.close
+      @connection.close if @connection.open?
+    rescue Bunny::Exception, IOError, SystemCallError, Timeout::Error
+      nil
+    ensure
+      @connection = nil
+    end
+
+    # --- plumbing ---------------------------------------------------------------------
+
+    def trap_signals
+      %w[TERM INT].to_h { |signal| [signal, trap(signal) { stop }] }
+    end
+
+    # Wake the main thread. Safe in a trap handler: no mutex, no blocking.
+    def wake(event)
+      @wake_w.write_nonblock(event, exception: false)
+    end
+
+    def broker = Wire.redact(@url)
+
+    def monotonic = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+  end
+end

@@ -1,0 +1,338 @@
+# frozen_string_literal: true
+
+require "test_helper"
+require "task_publisher"
+require "securerandom"
+require "tempfile"
+require "timeout"
+
+# The worker (a subprocess, as in production) and the publisher against a real
+# RabbitMQ: 127.0.0.1:5672, or LEVERET_TEST_URL. Each test declares a topology
+# of its own under a unique name, mirroring leveret/topology.py (tiers of 200
+# and 400 ms, 3 attempts), and deletes it afterwards.
+#
+# Without a broker the tests are skipped, except under CI (CI set), where they fail.
+class IntegrationTest < Minitest::Test
+  include TestSupport
+
+  URL = ENV.fetch("LEVERET_TEST_URL", "amqp://guest:guest@127.0.0.1:5672/")
+  WORKER = File.join(TestSupport::ROOT, "worker.rb")
+  TIERS = [200, 400].freeze
+  MAX_ATTEMPTS = 3
+  WAIT = 20
+
+  def setup
+    @conn = Bunny.new(Leveret::Wire.bunny_url(URL), logger: Logger.new(nil), automatically_recover: false)
+    begin
+      @conn.start
+    rescue Bunny::TCPConnectionFailed, Bunny::TCPConnectionFailedForAllHosts, SystemCallError => e
+      flunk("no RabbitMQ at #{Leveret::Wire.redact(URL)}: #{e.class}") if ENV["CI"]
+      skip("no RabbitMQ at #{Leveret::Wire.redact(URL)} (#{e.class}); set LEVERET_TEST_URL")
+    end
+    @ch = @conn.create_channel
+    @q = "leveret.rubytest.#{SecureRandom.hex(4)}"
+    @exchange = "#{@q}.ex"
+    @receipts = "#{@q}.receipts"
+    @declared_queues = []
+    @declared_exchanges = []
+    declare_topology
+    @dead = {}
+    @receipt_log = Hash.new { |h, k| h[k] = [] }
+  end
+
+  def teardown
+    stop_worker
+    return unless @conn&.open?
+
+    ch = @conn.create_channel
+    @declared_queues.each { |q| ch.queue_delete(q) }
+    @declared_exchanges.each { |x| ch.exchange_delete(x) }
+    @conn.close
+  end
+
+  # --- the tests ---------------------------------------------------------------------
+
+  def test_worker_follows_the_contract_end_to_end
+    start_worker
+
+    # A task failing once is retried through tier 1 and processed on attempt 2.
+    once = publish_conformance("fail_times" => 1)
+    wait_for("a receipt for #{once}") { receipts[once].any? }
+    receipt = receipts[once].first
+    assert_equal 2, receipt[:body]["attempt"]
+    assert_equal "ruby", receipt[:body]["consumer"]
+    assert_equal once, receipt[:body]["message_id"]
+    assert_equal "leveret.conformance.receipt", receipt[:props].type
+    assert_equal "application/json", receipt[:props].content_type
+    assert_equal 2, receipt[:props].delivery_mode
+    assert_equal 1, receipt[:props].headers["leveret-version"]
+    assert_kind_of Integer, receipt[:props].headers["leveret-version"]
+    refute_nil receipt[:props].timestamp
+
+    # A task failing always is retried through every tier, then dead-lettered.
+    started = monotonic
+    always = publish_conformance("fail_times" => 99)
+    letter = dead_letter(always)
+    h = letter[:props].headers
+    assert_equal MAX_ATTEMPTS, h["leveret-retry-count"]
+    assert_kind_of Integer, h["leveret-retry-count"]
+    assert_equal "handler-error", h["leveret-reason"]
+    assert_equal "failing on purpose: attempt 3 of 99", h["leveret-error-message"]
+    assert_equal "Leveret::Demo::ConformanceFailure", h["leveret-error-type"]
+    assert_equal @exchange, h["leveret-original-exchange"]
+    assert_equal "conformance", h["leveret-original-routing-key"]
+    assert_equal @q, h["leveret-failed-queue"]
+    assert_match(/\A#{Regexp.escape(@q)}@.+:\d+\z/, h["leveret-failed-by"])
+    assert_match(/\A\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00\z/, h["leveret-first-failed-at"])
+    assert_operator h["leveret-first-failed-at"], :<, h["leveret-last-failed-at"]
+    assert h.key?("leveret-error-traceback")
+    # A consumer's copy carries no x- header of its own (the DLQ, a quorum
+    # queue, adds its x-delivery-count on the way out).
+    assert_empty h.keys.grep(/\Ax-/) - ["x-delivery-count"]
+    assert_equal 1, h["leveret-version"]
+    assert_equal always, letter[:props].message_id
+    assert_equal 2, letter[:props].delivery_mode
+    assert_operator monotonic - started, :>=, TIERS.sum / 1000.0 * 0.9, "it waited in every tier"
+    assert_empty receipts[always]
+
+    # Invalid JSON goes to the DLQ at once, no retry.
+    bad = publish_raw("{not json")
+    letter = dead_letter(bad)
+    assert_equal "invalid-json", letter[:props].headers["leveret-reason"]
+    assert_equal 1, letter[:props].headers["leveret-retry-count"]
+    refute letter[:props].headers.key?("leveret-error-traceback")
+    assert_equal "{not json", letter[:body]
+
+    # A message without leveret-version: unknown-version.
+    unversioned = publish_raw("{}", headers: {})
+    assert_equal "unknown-version", dead_letter(unversioned)[:props].headers["leveret-reason"]
+
+    # A task published with TaskPublisher is processed.
+    TaskPublisher.configure(url: URL, schemas_dir: SCHEMAS_DIR, exchange: @exchange)
+    export = TaskPublisher.publish_export_task(7, "xlsx")
+    assert_match(/\A\h{8}-\h{4}-4\h{3}-\h{4}-\h{12}\z/, export)
+    wait_for("the export to be processed") { worker_events.any? { |e| e["event"] == "message.processed" && e["message_id"] == export } }
+    written = worker_events.find { |e| e["event"] == "demo.export_written" && e["message_id"] == export }
+    assert_equal 7, written["user_id"]
+    assert_equal "xlsx", written["format"]
+    assert_equal 0, depth(@q)
+    refute dead_letters.key?(export)
+
+    # Every outcome was logged as one JSON line, and the password never was.
+    outcomes = worker_events.select { |e| e["event"].start_with?("message.") }.map { |e| e["message_id"] }
+    [once, always, bad, unversioned, export].each { |id| assert_includes outcomes, id }
+    refute_includes File.read(@stderr.path), "guest:guest"
+
+    # SIGTERM: the worker stops cleanly.
+    Process.kill("TERM", @worker)
+    status = wait_worker_exit
+    assert_equal 0, status.exitstatus, File.read(@stderr.path)
+    assert(worker_events.any? { |e| e["event"] == "worker.stopped" })
+  end
+
+  def test_sigterm_mid_handler_finishes_acks_and_exits_zero
+    start_worker
+    task = publish_conformance("sleep_ms" => 1500)
+    wait_for("the worker to take the task") { depth(@q).zero? }
+    sleep 0.3
+    Process.kill("TERM", @worker)
+    status = wait_worker_exit
+    assert_equal 0, status.exitstatus
+    wait_for("the receipt of the task in flight") { receipts[task].any? }
+    assert_equal 0, depth(@q), "the task was acked, not requeued"
+  end
+
+  def test_an_unconfirmed_copy_rejects_the_delivery_without_requeue
+    start_worker
+    # Remove Q.retry under the running worker: the copy's publish gets a 404.
+    @ch.exchange_delete("#{@q}.retry")
+    task = publish_conformance("fail_times" => 1)
+    letter = dead_letter(task)
+    death = letter[:props].headers["x-death"]
+    refute_nil death, "the broker dead-lettered it (basic.reject, requeue=false)"
+    assert_equal "rejected", death.first["reason"]
+    assert_equal @q, death.first["queue"]
+    refute letter[:props].headers.key?("leveret-retry-count"), "no earlier failure, no leveret- headers"
+    failed = worker_events.find { |e| e["event"] == "message.republish_failed" }
+    assert_match(/does not exist/, failed["error"])
+    # The worker goes on: its next copy goes out on a fresh channel.
+    bad = publish_raw("{not json")
+    assert_equal "invalid-json", dead_letter(bad)[:props].headers["leveret-reason"]
+  end
+
+  def test_publisher_errors
+    publisher = TaskPublisher.new(url: URL, schemas_dir: SCHEMAS_DIR, log: Leveret::Log.new(StringIO.new))
+    payload = { "user_id" => 1 }
+    assert_raises(Leveret::Unroutable) do
+      publisher.publish("demo.export", 1, payload, exchange: @exchange, routing_key: "nobody-listens")
+    end
+    assert_raises(Leveret::ExchangeMissing) do
+      publisher.publish("demo.export", 1, payload, exchange: "#{@q}.no-such-exchange", routing_key: "export")
+    end
+    # The channel closed by the 404 is replaced: the next publish works.
+    id = publisher.publish("demo.export", 1, payload, exchange: @exchange, routing_key: "export")
+    wait_for("the task in the queue") { depth(@q) == 1 }
+    _info, raw, body = @ch.basic_get(@q, manual_ack: false)
+    props = Bunny::MessageProperties.new(raw)
+    assert_equal id, props.message_id
+    assert_equal({ "user_id" => 1 }, JSON.parse(body))
+    assert_equal 1, props.headers["leveret-version"]
+    assert_equal "demo.export", props.type
+    assert_equal 2, props.delivery_mode
+  ensure
+    publisher&.close
+  end
+
+  def test_missing_topology_is_one_line_and_exit_1
+    @stderr = Tempfile.new("worker")
+    pid = Process.spawn({ "LEVERET_URL" => URL, "LEVERET_QUEUE" => "#{@q}.absent" }, RbConfig.ruby, WORKER,
+                        err: @stderr.path, out: File::NULL)
+    _, status = Timeout.timeout(WAIT) { Process.wait2(pid) }
+    assert_equal 1, status.exitstatus
+    lines = File.readlines(@stderr.path).map { |l| JSON.parse(l) }
+    missing = lines.select { |l| l["event"] == "worker.topology_missing" }
+    assert_equal 1, missing.size
+    assert_match(/queue "#{Regexp.escape(@q)}\.absent".*run `leveret topology apply`/, missing.first["error"])
+    # Nothing was declared: the queue still does not exist.
+    ch = @conn.create_channel
+    assert_raises(Bunny::NotFound) { ch.queue_declare("#{@q}.absent", passive: true) }
+  end
+
+  private
+
+  # --- topology, as leveret/topology.py declares it ------------------------------------
+
+  def declare_topology
+    dead = "#{@q}.dead"
+    retry_x = "#{@q}.retry"
+    quorum = { "x-queue-type" => "quorum" }
+    at_least_once = { "x-dead-letter-strategy" => "at-least-once", "x-overflow" => "reject-publish" }
+
+    exchange(@exchange, :direct)
+    exchange(dead, :fanout)
+    queue("#{@q}.dlq", quorum).bind(dead)
+    exchange(retry_x, :headers, "alternate-exchange" => dead)
+    work = queue(@q, quorum.merge(at_least_once, "x-dead-letter-exchange" => dead, "x-delivery-limit" => 20))
+    work.bind(@exchange, routing_key: "conformance")
+    work.bind(@exchange, routing_key: "export")
+    TIERS.each_with_index do |ttl, i|
+      tier = queue("#{@q}.retry.#{i + 1}", quorum.merge(at_least_once, "x-message-ttl" => ttl,
+                                                                      "x-dead-letter-exchange" => "",
+                                                                      "x-dead-letter-routing-key" => @q))
+      # counts 1 .. MAX_ATTEMPTS-1 bound, the last tier repeating; count 3 matches nothing
+      (1...MAX_ATTEMPTS).select { |k| [k, TIERS.size].min == i + 1 }.each do |count|
+        tier.bind(retry_x, arguments: { "x-match" => "all", "leveret-retry-count" => count })
+      end
+    end
+    exchange(@receipts, :fanout)
+    queue(@receipts, {}).bind(@receipts)
+  end
+
+  def exchange(name, type, arguments = {})
+    @declared_exchanges << name
+    @ch.exchange(name, type: type, durable: true, arguments: arguments)
+  end
+
+  def queue(name, arguments)
+    @declared_queues << name
+    @ch.queue(name, durable: true, arguments: arguments)
+  end
+
+  # --- the worker subprocess ---------------------------------------------------------
+
+  def start_worker
+    @stderr = Tempfile.new("worker")
+    env = { "LEVERET_URL" => URL, "LEVERET_QUEUE" => @q, "LEVERET_SCHEMAS" => SCHEMAS_DIR }
+    @worker = Process.spawn(env, RbConfig.ruby, WORKER, err: @stderr.path, out: File::NULL)
+    wait_for("the worker to consume #{@q}") { consumers(@q).positive? }
+  end
+
+  def wait_worker_exit
+    _, status = Timeout.timeout(WAIT) { Process.wait2(@worker) }
+    @worker = nil
+    status
+  end
+
+  def stop_worker
+    return unless @worker
+
+    Process.kill("TERM", @worker)
+    Timeout.timeout(WAIT) { Process.wait(@worker) }
+  rescue Timeout::Error
+    Process.kill("KILL", @worker)
+    Process.wait(@worker)
+  rescue Errno::ESRCH, Errno::ECHILD
+    nil
+  ensure
+    @worker = nil
+  end
+
+  def worker_events
+    File.readlines(@stderr.path).filter_map do |line|
+      JSON.parse(line)
+    rescue JSON::ParserError
+      nil
+    end
+  end
+
+  # --- publishing and reading ----------------------------------------------------------
+
+  def publish_conformance(payload)
+    body = JSON.generate(payload.merge("receipt_exchange" => @receipts, "receipt_routing_key" => ""))
+    publish_raw(body)
+  end
+
+  def publish_raw(body, type: "leveret.conformance", headers: { "leveret-version" => 1 })
+    id = SecureRandom.uuid
+    ch = @conn.create_channel
+    ch.confirm_select
+    ch.basic_publish(body, @exchange, "conformance",
+                     content_type: "application/json", persistent: true, message_id: id, type: type,
+                     timestamp: Time.now.to_i, headers: headers, mandatory: true)
+    assert ch.wait_for_confirms, "the test's publish was confirmed"
+    ch.close
+    id
+  end
+
+  def receipts
+    drain(@receipts) { |props, body| @receipt_log[JSON.parse(body)["message_id"]] << { props: props, body: JSON.parse(body) } }
+    @receipt_log
+  end
+
+  def dead_letters
+    drain("#{@q}.dlq") { |props, body| @dead[props.message_id] = { props: props, body: body } }
+    @dead
+  end
+
+  def dead_letter(id)
+    wait_for("#{id} in the dead-letter queue") { dead_letters.key?(id) }
+    @dead[id]
+  end
+
+  def drain(queue)
+    loop do
+      info, props, body = @ch.basic_get(queue, manual_ack: false)
+      break if info.nil?
+
+      yield Bunny::MessageProperties.new(props), body
+    end
+  end
+
+  def depth(queue) = @ch.queue_declare(queue, passive: true).message_count
+
+  def consumers(queue) = @ch.queue_declare(queue, passive: true).consumer_count
+
+  def wait_for(what)
+    deadline = monotonic + WAIT
+    until yield
+      if @worker && Process.waitpid(@worker, Process::WNOHANG)
+        @worker = nil
+        flunk("the worker exited while waiting for #{what}:\n#{File.read(@stderr.path)}")
+      end
+      flunk("timed out waiting for #{what}") if monotonic > deadline
+      sleep 0.1
+    end
+  end
+
+  def monotonic = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+end

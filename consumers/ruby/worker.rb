@@ -1,0 +1,51 @@
+#!/usr/bin/env ruby
+# frozen_string_literal: true
+
+# The leveret Ruby worker: consumes LEVERET_QUEUE and handles demo.export
+# (v1, v2) and leveret.conformance (v1), following docs/contract.md.
+#
+#   LEVERET_URL       broker URL (default amqp://guest:guest@localhost:5672/)
+#   LEVERET_QUEUE     work queue (default leveret.demo.tasks)
+#   LEVERET_SCHEMAS   JSON Schema directory (default: the repository's schemas/)
+#   LEVERET_PREFETCH  unacked deliveries the broker may send ahead (default 8)
+#   LEVERET_CONCURRENCY  handlers at once (default: the prefetch)
+#   LEVERET_GRACE     seconds in-flight handlers get on SIGTERM (default 30)
+#   LEVERET_LOG_LEVEL debug, info, warning or error (default info)
+#
+# Logs are JSON lines on stderr. Exit status: 0 after SIGTERM/SIGINT and a clean
+# drain, 1 if the broker or the topology is missing, 2 for bad settings.
+
+$LOAD_PATH.unshift(File.expand_path("lib", __dir__))
+require "leveret"
+
+def setting(name, default)
+  value = ENV.fetch(name, "").strip
+  value.empty? ? default : value
+end
+
+def positive_integer(name, default)
+  raw = setting(name, default.to_s)
+  Integer(raw, 10).tap { |n| raise ArgumentError unless n.positive? }
+rescue ArgumentError
+  raise Leveret::ConfigurationError, "#{name} must be a positive integer, got #{raw.inspect}"
+end
+
+log = Leveret::Log.new
+begin
+  url = setting("LEVERET_URL", "amqp://guest:guest@localhost:5672/")
+  queue = setting("LEVERET_QUEUE", "leveret.demo.tasks")
+  schemas = Leveret::Schemas.load(setting("LEVERET_SCHEMAS", File.expand_path("../../schemas", __dir__)))
+  prefetch = positive_integer("LEVERET_PREFETCH", 8)
+  concurrency = positive_integer("LEVERET_CONCURRENCY", prefetch)
+  grace = Float(setting("LEVERET_GRACE", "30"))
+
+  app = Leveret::App.new(queue: queue, schemas: schemas)
+  Leveret::Demo.register(app)
+  worker = Leveret::Worker.new(app: app, url: url, prefetch: prefetch, concurrency: concurrency,
+                               grace: grace, log: log)
+rescue Leveret::ConfigurationError, ArgumentError, JSON::ParserError => e
+  log.error("worker.configuration_error", error: e.message)
+  exit 2
+end
+
+exit worker.run
