@@ -1,0 +1,107 @@
+package leveret
+
+import (
+	"fmt"
+	"net/url"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Defaults of the environment variables the worker reads.
+const (
+	DefaultURL      = "amqp://guest:guest@localhost:5672/"
+	DefaultQueue    = "leveret.demo.tasks"
+	DefaultPrefetch = 8
+)
+
+// Config is what a worker needs to run.
+type Config struct {
+	URLs           []string      // broker URLs, tried in turn (a cluster's nodes)
+	Queue          string        // the work queue Q
+	Schemas        string        // the schemas/ directory
+	Prefetch       int           // basic.qos prefetch count; also the handlers running at once
+	MaxSize        int           // largest body accepted, in bytes
+	HandlerTimeout time.Duration // below the broker's consumer_timeout (30 min by default)
+	Grace          time.Duration // how long in-flight handlers may take to finish on shutdown
+	StartTimeout   time.Duration // how long to keep trying to reach the broker at start
+	CheckInterval  time.Duration // between checks that the queue still has our consumer
+}
+
+// ConfigFromEnv reads LEVERET_URL (comma-separated for several nodes),
+// LEVERET_QUEUE, LEVERET_SCHEMAS and LEVERET_PREFETCH through getenv
+// (os.Getenv), with the defaults for anything unset.
+func ConfigFromEnv(getenv func(string) string) (Config, error) {
+	cfg := Config{
+		Queue:          DefaultQueue,
+		Schemas:        getenv("LEVERET_SCHEMAS"),
+		Prefetch:       DefaultPrefetch,
+		MaxSize:        DefaultMaxSize,
+		HandlerTimeout: 25 * time.Minute,
+		Grace:          30 * time.Second,
+		StartTimeout:   30 * time.Second,
+		CheckInterval:  5 * time.Second,
+	}
+	raw := getenv("LEVERET_URL")
+	if strings.TrimSpace(raw) == "" {
+		raw = DefaultURL
+	}
+	for _, u := range strings.Split(raw, ",") {
+		if u = strings.TrimSpace(u); u == "" {
+			continue
+		}
+		parsed, err := url.Parse(u)
+		if err != nil || (parsed.Scheme != "amqp" && parsed.Scheme != "amqps") {
+			return cfg, fmt.Errorf("LEVERET_URL: %s is not an amqp:// or amqps:// URL", Redact(u))
+		}
+		cfg.URLs = append(cfg.URLs, u)
+	}
+	if len(cfg.URLs) == 0 {
+		return cfg, fmt.Errorf("LEVERET_URL: no broker URL given")
+	}
+	if q := strings.TrimSpace(getenv("LEVERET_QUEUE")); q != "" {
+		cfg.Queue = q
+	}
+	if p := strings.TrimSpace(getenv("LEVERET_PREFETCH")); p != "" {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 1 || n > 65535 {
+			return cfg, fmt.Errorf("LEVERET_PREFETCH: want an integer from 1 to 65535, got %q", p)
+		}
+		cfg.Prefetch = n
+	}
+	return cfg, nil
+}
+
+// Broker describes the broker URLs for logs, passwords replaced by ***.
+func (c Config) Broker() string {
+	out := make([]string, len(c.URLs))
+	for i, u := range c.URLs {
+		out[i] = Redact(u)
+	}
+	return strings.Join(out, ",")
+}
+
+var credentials = regexp.MustCompile(`([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*):[^@\s]*@`)
+
+// Redact replaces the password of every URL in text with ***.
+func Redact(text string) string {
+	return credentials.ReplaceAllString(text, "$1:***@")
+}
+
+// redactor also hides the passwords themselves, wherever a client library
+// might repeat one in an error message.
+func (c Config) redact(text string) string {
+	text = Redact(text)
+	for _, raw := range c.URLs {
+		u, err := url.Parse(raw)
+		if err != nil || u.User == nil {
+			continue
+		}
+		if pw, ok := u.User.Password(); ok && len(pw) >= 4 {
+			text = strings.ReplaceAll(text, pw, "***")
+			text = strings.ReplaceAll(text, url.QueryEscape(pw), "***")
+		}
+	}
+	return text
+}

@@ -1,0 +1,427 @@
+package leveret
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// TopologyMissingError means a queue or exchange the worker needs does not
+// exist. The worker never declares: `leveret topology apply` does.
+type TopologyMissingError struct{ Missing []string }
+
+func (e *TopologyMissingError) Error() string {
+	return fmt.Sprintf("missing on the broker: %s; run `leveret topology apply`", strings.Join(e.Missing, ", "))
+}
+
+// AccessRefusedError means the broker refused the credentials or a permission.
+type AccessRefusedError struct{ Err error }
+
+func (e *AccessRefusedError) Error() string { return "access refused: " + e.Err.Error() }
+func (e *AccessRefusedError) Unwrap() error { return e.Err }
+
+// Worker consumes one work queue and settles every delivery by the contract.
+type Worker struct {
+	cfg      Config
+	log      *Logger
+	router   router
+	identity string // <host>:<pid>
+	inflight sync.WaitGroup
+}
+
+// New returns a worker for cfg that logs to log.
+func New(cfg Config, log *Logger) *Worker {
+	host, _ := os.Hostname()
+	return &Worker{
+		cfg: cfg,
+		log: log,
+		router: router{
+			queue:    cfg.Queue,
+			maxSize:  cfg.MaxSize,
+			schemas:  NewSchemas(cfg.Schemas),
+			handlers: map[string]*handler{},
+		},
+		identity: fmt.Sprintf("%s:%d", host, os.Getpid()),
+	}
+}
+
+// Handle registers fn for the given versions of a message type. Every other
+// version of the type is dead-lettered as unknown-version, every other type as
+// unknown-type.
+func (w *Worker) Handle(msgType string, versions []int64, fn HandlerFunc) {
+	h := &handler{fn: fn, versions: map[int64]bool{}}
+	for _, v := range versions {
+		h.versions[v] = true
+	}
+	w.router.handlers[msgType] = h
+}
+
+// Run consumes until ctx is cancelled, then stops taking deliveries, lets the
+// in-flight handlers finish and settle (within the grace period), closes the
+// connection and returns nil. A dropped connection or channel is reconnected
+// with backoff. It returns an error when the configuration is wrong, the
+// topology is missing, access is refused, or the broker cannot be reached at
+// start within the start timeout.
+func (w *Worker) Run(ctx context.Context) error {
+	if err := w.router.check(); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(w.cfg.StartTimeout)
+	started := false
+	delay := 500 * time.Millisecond
+	for {
+		consumed, err := w.session(ctx, started)
+		started = started || consumed
+		if err == nil {
+			w.log.Info("worker.stopped", "queue", w.cfg.Queue)
+			return nil
+		}
+		var missing *TopologyMissingError
+		var refused *AccessRefusedError
+		if errors.As(err, &missing) || errors.As(err, &refused) {
+			return err
+		}
+		if !started && time.Now().After(deadline) {
+			return fmt.Errorf("broker unavailable at %s: %s", w.cfg.Broker(), w.cfg.redact(err.Error()))
+		}
+		if consumed {
+			delay = 500 * time.Millisecond
+		}
+		event := "worker.connection_lost"
+		if !started {
+			event = "worker.broker_unavailable"
+		}
+		w.log.Warn(event, "error", w.cfg.redact(err.Error()), "retry_in_ms", delay.Milliseconds())
+		select {
+		case <-ctx.Done():
+			w.finish()
+			w.log.Info("worker.stopped", "queue", w.cfg.Queue)
+			return nil
+		case <-time.After(delay):
+		}
+		if delay *= 2; delay > 10*time.Second {
+			delay = 10 * time.Second
+		}
+	}
+}
+
+// session is one connection's life: check the topology, open the channels,
+// consume until ctx is done (nil) or the connection or a channel drops (an
+// error). consumed tells whether the consumer got registered.
+func (w *Worker) session(ctx context.Context, resumed bool) (consumed bool, err error) {
+	conn, err := w.dial()
+	if err != nil {
+		return false, err
+	}
+	defer conn.Close()
+	connClosed := conn.NotifyClose(make(chan *amqp.Error, 1))
+
+	if err := w.verify(conn); err != nil {
+		return false, err
+	}
+	pubCh, err := conn.Channel()
+	if err != nil {
+		return false, err
+	}
+	pubClosed := pubCh.NotifyClose(make(chan *amqp.Error, 1))
+	pub, err := newConfirmer(pubCh)
+	if err != nil {
+		return false, err
+	}
+	check, err := conn.Channel()
+	if err != nil {
+		return false, err
+	}
+	consume, err := conn.Channel()
+	if err != nil {
+		return false, err
+	}
+	consumeClosed := consume.NotifyClose(make(chan *amqp.Error, 1))
+	if err := consume.Qos(w.cfg.Prefetch, 0, false); err != nil {
+		return false, err
+	}
+	tag := Truncate(fmt.Sprintf("leveret-go %s@%s", w.cfg.Queue, w.identity), 255, false) // a shortstr
+	deliveries, err := consume.Consume(w.cfg.Queue, tag, false, false, false, false, nil)
+	if err != nil {
+		return false, classify(err)
+	}
+	if err := w.waitForConsumer(check); err != nil {
+		return false, err
+	}
+	event := "worker.consuming"
+	if resumed {
+		event = "worker.resumed"
+	}
+	w.log.Info(event, "queue", w.cfg.Queue, "prefetch", w.cfg.Prefetch,
+		"broker", w.cfg.Broker(), "schemas", w.cfg.Schemas)
+
+	ticker := time.NewTicker(w.cfg.CheckInterval)
+	defer ticker.Stop()
+	for {
+		select {
+		case d, ok := <-deliveries:
+			if !ok {
+				return true, errors.New("the broker cancelled the consumer or closed its channel")
+			}
+			w.inflight.Add(1)
+			go func() {
+				defer w.inflight.Done()
+				w.process(pub, d)
+			}()
+		case e := <-connClosed:
+			return true, closedError("connection", e)
+		case e := <-consumeClosed:
+			return true, closedError("consuming channel", e)
+		case e := <-pubClosed:
+			return true, closedError("publishing channel", e)
+		case <-ticker.C:
+			if err := w.checkConsumer(check); err != nil {
+				w.log.Error("worker.consumers_lost", "queue", w.cfg.Queue, "error", err)
+				return true, err
+			}
+		case <-ctx.Done():
+			w.drain(consume, tag, deliveries)
+			return true, nil
+		}
+	}
+}
+
+func (w *Worker) dial() (*amqp.Connection, error) {
+	props := amqp.NewConnectionProperties()
+	props.SetClientConnectionName("leveret-go " + w.cfg.Queue + "@" + w.identity)
+	var last error
+	for _, u := range w.cfg.URLs {
+		conn, err := amqp.DialConfig(u, amqp.Config{
+			Heartbeat:  10 * time.Second,
+			Locale:     "en_US",
+			Properties: props,
+		})
+		if err == nil {
+			return conn, nil
+		}
+		if errors.Is(err, amqp.ErrCredentials) || errors.Is(err, amqp.ErrSASL) {
+			return nil, &AccessRefusedError{fmt.Errorf("the broker at %s refused the credentials", Redact(u))}
+		}
+		last = fmt.Errorf("%s: %s", Redact(u), w.cfg.redact(err.Error()))
+	}
+	return nil, last
+}
+
+// verify checks with passive declares, each on a channel of its own (a 404
+// closes the channel), that Q, Q.retry, Q.dead and Q.dlq exist.
+func (w *Worker) verify(conn *amqp.Connection) error {
+	q := w.cfg.Queue
+	checks := []struct {
+		kind, name string
+	}{
+		{"queue", q}, {"exchange", RetryExchange(q)}, {"exchange", DeadExchange(q)}, {"queue", DeadLetterQueue(q)},
+	}
+	var missing []string
+	for _, c := range checks {
+		ch, err := conn.Channel()
+		if err != nil {
+			return err
+		}
+		if c.kind == "queue" {
+			_, err = ch.QueueDeclarePassive(c.name, true, false, false, false, nil)
+		} else {
+			err = ch.ExchangeDeclarePassive(c.name, "", true, false, false, false, nil)
+		}
+		var amqpErr *amqp.Error
+		switch {
+		case err == nil:
+			_ = ch.Close()
+		case errors.As(err, &amqpErr) && amqpErr.Code == amqp.NotFound:
+			missing = append(missing, fmt.Sprintf("%s %q", c.kind, c.name))
+		default:
+			return classify(err)
+		}
+	}
+	if len(missing) > 0 {
+		return &TopologyMissingError{Missing: missing}
+	}
+	return nil
+}
+
+// waitForConsumer asks the broker, rather than trusting the client, that the
+// queue has a consumer: a reconnect that leaves none is a silent failure.
+func (w *Worker) waitForConsumer(check *amqp.Channel) error {
+	var err error
+	for i := 0; i < 20; i++ {
+		if err = w.checkConsumer(check); err == nil {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return err
+}
+
+func (w *Worker) checkConsumer(check *amqp.Channel) error {
+	q, err := check.QueueDeclarePassive(w.cfg.Queue, true, false, false, false, nil)
+	if err != nil {
+		return classify(err)
+	}
+	if q.Consumers == 0 {
+		return fmt.Errorf("no consumer registered on %q", w.cfg.Queue)
+	}
+	return nil
+}
+
+// drain cancels the consumer, hands back deliveries that were sent before the
+// cancel took effect (they were never attempted), and waits for the handlers in
+// flight to finish and settle, at most for the grace period.
+func (w *Worker) drain(consume *amqp.Channel, tag string, deliveries <-chan amqp.Delivery) {
+	if err := consume.Cancel(tag, false); err != nil {
+		w.log.Warn("worker.cancel_failed", "error", err)
+	} else {
+		for d := range deliveries {
+			_ = d.Reject(true)
+		}
+	}
+	w.finish()
+}
+
+func (w *Worker) finish() {
+	done := make(chan struct{})
+	go func() {
+		w.inflight.Wait()
+		close(done)
+	}()
+	w.log.Info("worker.draining", "queue", w.cfg.Queue, "grace_s", w.cfg.Grace.Seconds())
+	select {
+	case <-done:
+	case <-time.After(w.cfg.Grace):
+		w.log.Warn("worker.grace_expired", "queue", w.cfg.Queue)
+	}
+}
+
+// process checks, handles and settles one delivery, and logs its outcome.
+func (w *Worker) process(pub *confirmer, d amqp.Delivery) {
+	start := time.Now()
+	task, fn, err := w.router.resolve(&d)
+	if err == nil {
+		task.publish = pub.Publish
+		err = w.call(fn, task)
+	}
+	var failure *Failure
+	if err != nil {
+		f := FailureOf(err)
+		failure = &f
+	}
+	outcome := w.settle(pub, &d, failure)
+	w.report(&d, outcome, failure, time.Since(start))
+}
+
+// call runs a handler with the timeout; a panic is a transient failure.
+func (w *Worker) call(fn HandlerFunc, task *Task) error {
+	ctx, cancel := context.WithTimeout(context.Background(), w.cfg.HandlerTimeout)
+	defer cancel()
+	result := make(chan error, 1)
+	go func() {
+		defer func() {
+			if r := recover(); r != nil {
+				result <- &PanicError{Value: r, Stack: debug.Stack()}
+			}
+		}()
+		result <- fn(ctx, task)
+	}()
+	select {
+	case err := <-result:
+		if err != nil && ctx.Err() != nil && errors.Is(err, context.DeadlineExceeded) {
+			return &TimeoutError{Timeout: w.cfg.HandlerTimeout}
+		}
+		return err
+	case <-ctx.Done():
+		return &TimeoutError{Timeout: w.cfg.HandlerTimeout}
+	}
+}
+
+// settle acks a processed delivery; for a failed one it publishes the copy to
+// Q.retry or Q.dead, waits for the confirm and acks, or rejects without
+// requeue when the copy is not confirmed (Q's dead-letter exchange keeps it).
+func (w *Worker) settle(pub *confirmer, d *amqp.Delivery, f *Failure) string {
+	if f == nil {
+		if err := d.Ack(false); err != nil {
+			w.log.Warn("message.settle_failed", "message_id", d.MessageId, "error", err)
+			return "redelivery_pending"
+		}
+		return "processed"
+	}
+	now := time.Now()
+	queue := w.cfg.Queue
+	headers := CopyHeaders(d.Headers, *f, queue, queue+"@"+w.identity, d.Exchange, d.RoutingKey, now)
+	exchange := f.Exchange(queue)
+	err := pub.Publish(context.Background(), exchange, "", CopyPublishing(d, headers, now))
+	if err == nil {
+		if err := d.Ack(false); err != nil {
+			w.log.Warn("message.settle_failed", "message_id", d.MessageId, "error", err)
+			return "redelivery_pending"
+		}
+		if f.Permanent {
+			return "dead_lettered"
+		}
+		return "retry_scheduled"
+	}
+	w.log.Error("message.republish_failed", "message_id", d.MessageId, "exchange", exchange, "error", err)
+	if err := d.Reject(false); err != nil {
+		w.log.Warn("message.settle_failed", "message_id", d.MessageId, "error", err)
+		return "redelivery_pending"
+	}
+	return "dead_lettered"
+}
+
+// report logs the one line of a settled delivery.
+func (w *Worker) report(d *amqp.Delivery, outcome string, f *Failure, took time.Duration) {
+	kv := []interface{}{
+		"message_id", d.MessageId,
+		"type", d.Type,
+		"version", nil,
+		"queue", w.cfg.Queue,
+		"attempt", RetryCount(d.Headers) + 1,
+		"outcome", outcome,
+		"duration_ms", float64(took.Microseconds()) / 1000,
+	}
+	if v, ok := Version(d.Headers); ok {
+		kv[5] = v
+	}
+	if f != nil {
+		kv = append(kv, "reason", f.Reason, "error", Truncate(f.Message, MaxErrorMessage, false))
+	}
+	switch outcome {
+	case "processed":
+		w.log.Info("message."+outcome, kv...)
+	case "dead_lettered":
+		w.log.Error("message."+outcome, kv...)
+	default:
+		w.log.Warn("message."+outcome, kv...)
+	}
+}
+
+// classify turns a 403 into an AccessRefusedError and a 404 into a
+// TopologyMissingError; other errors are returned as they are.
+func classify(err error) error {
+	var amqpErr *amqp.Error
+	if errors.As(err, &amqpErr) {
+		switch amqpErr.Code {
+		case amqp.AccessRefused:
+			return &AccessRefusedError{err}
+		case amqp.NotFound:
+			return &TopologyMissingError{Missing: []string{amqpErr.Reason}}
+		}
+	}
+	return err
+}
+
+func closedError(what string, e *amqp.Error) error {
+	if e == nil {
+		return fmt.Errorf("the %s closed", what)
+	}
+	return fmt.Errorf("the %s closed: %w", what, e)
+}
