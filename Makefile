@@ -35,10 +35,27 @@ test: venv tools
 	$(BIN)/pytest
 
 lint: venv
-	$(BIN)/ruff check leveret tests examples consumers/python
-	$(BIN)/ruff format --check leveret tests examples consumers/python
+	$(BIN)/ruff check leveret tests examples consumers/python bench
+	$(BIN)/ruff format --check leveret tests examples consumers/python bench
 
 typecheck: venv
 	$(BIN)/mypy leveret
 
 check: lint typecheck test
+
+# make bench        the benchmark suite against the local broker (bench/.venv; ~20 min)
+# make bench-smoke  its quick smoke test (leveret and raw pika, 500 messages)
+BENCH_VENV := bench/.venv
+BENCH_STAMP := $(BENCH_VENV)/.installed
+
+$(BENCH_STAMP): pyproject.toml bench/requirements.txt
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet -e . -r bench/requirements.txt
+	touch $(BENCH_STAMP)
+
+.PHONY: bench bench-smoke
+bench: $(BENCH_STAMP)
+	$(BENCH_VENV)/bin/python bench/run.py
+
+bench-smoke: $(BENCH_STAMP)
+	$(BENCH_VENV)/bin/python -m pytest -c bench/pytest.ini bench/test_smoke.py
