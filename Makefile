@@ -1,5 +1,7 @@
 # make demo   run the demo pipeline (creates .venv on first use)
-# make test   run the whole test suite against the local broker
+# make test   run the whole test suite against the local broker: the Python
+#             suite (which holds the Node, Ruby and Go workers to the contract)
+#             and each of those workers' own tests
 # make check  lint, type check and test
 PYTHON ?= python3
 VENV := .venv
@@ -11,7 +13,7 @@ STAMP := $(VENV)/.installed
 # The AsyncAPI parser (npm) that the tests validate docs/asyncapi.json with.
 NODE_TOOLS := tools/asyncapi/node_modules/.installed
 
-.PHONY: venv tools demo test lint typecheck check FORCE
+.PHONY: venv tools consumers demo test lint typecheck check FORCE
 
 venv: $(STAMP)
 
@@ -28,11 +30,17 @@ $(NODE_TOOLS): tools/asyncapi/package-lock.json
 	npm ci --prefix tools/asyncapi --ignore-scripts --no-audit --no-fund --loglevel=error
 	touch $(NODE_TOOLS)
 
+# The other languages' workers: npm ci for Node, an offline build for Go
+# (scripts/consumers.sh; a missing toolchain is skipped with how to install it).
+consumers:
+	scripts/consumers.sh install
+
 demo: venv
 	$(BIN)/leveret demo
 
-test: venv tools
+test: venv tools consumers
 	$(BIN)/pytest
+	scripts/consumers.sh test
 
 lint: venv
 	$(BIN)/ruff check leveret tests examples consumers/python bench
