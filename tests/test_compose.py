@@ -31,9 +31,15 @@ from leveret.errors import ConfigurationError
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
-BUILT_IMAGES = {svc.get("image") for svc in SERVICES.values() if "build" in svc}
-# Services that run our image: they build it, or use the tag another service builds.
-OURS = [n for n, svc in SERVICES.items() if "build" in svc or svc.get("image") in BUILT_IMAGES]
+IMAGE = "leveret:latest"
+# Services that run the Python image (one builds it, the others use its tag).
+OURS = [n for n, svc in SERVICES.items() if svc.get("image") == IMAGE]
+# The other languages' workers, each with its own Dockerfile under consumers/.
+POLYGLOT = {
+    "node-worker": "consumers/node/Dockerfile",
+    "ruby-worker": "consumers/ruby/Dockerfile",
+    "go-worker": "consumers/go/Dockerfile",
+}
 
 
 # --- resolving a command line ---------------------------------------------------
@@ -133,9 +139,9 @@ def run(name: str) -> Resolved:
 # --- reading the Dockerfile ------------------------------------------------------
 
 
-def dockerfile() -> list[tuple[str, str]]:
-    """The Dockerfile's instructions as (KEYWORD, rest), continuations joined."""
-    text = (ROOT / "Dockerfile").read_text()
+def dockerfile(path: str = "Dockerfile") -> list[tuple[str, str]]:
+    """A Dockerfile's instructions as (KEYWORD, rest), continuations joined."""
+    text = (ROOT / path).read_text()
     lines = [ln for ln in text.splitlines() if not ln.lstrip().startswith("#")]
     joined = re.sub(r"\\\n\s*", " ", "\n".join(lines))
     out = []
@@ -151,10 +157,10 @@ def exec_form(rest: str) -> list[str]:
     return list(json.loads(rest)) if rest.startswith("[") else shlex.split(rest)
 
 
-def instruction(keyword: str) -> str:
-    """The last (effective) ``keyword`` instruction of the Dockerfile."""
-    found = [rest for kw, rest in dockerfile() if kw == keyword]
-    assert found, f"the Dockerfile has no {keyword}"
+def instruction(keyword: str, path: str = "Dockerfile") -> str:
+    """The last (effective) ``keyword`` instruction of a Dockerfile."""
+    found = [rest for kw, rest in dockerfile(path) if kw == keyword]
+    assert found, f"{path} has no {keyword}"
     return found[-1]
 
 
@@ -170,11 +176,14 @@ def dockerfile_healthcheck() -> list[str]:
     return exec_form(command.strip())
 
 
-def copied_paths() -> list[str]:
-    """Source paths of the Dockerfile's COPY instructions (build context relative)."""
+def copied_paths(path: str = "Dockerfile") -> list[str]:
+    """Source paths of a Dockerfile's COPY instructions (build context relative).
+
+    ``COPY --from=STAGE`` copies from an earlier build stage, not the context.
+    """
     sources = []
-    for keyword, rest in dockerfile():
-        if keyword == "COPY":
+    for keyword, rest in dockerfile(path):
+        if keyword == "COPY" and "--from=" not in rest:
             parts = [p for p in exec_form(rest) if not p.startswith("--")]
             sources += parts[:-1]
     return sources
@@ -196,6 +205,7 @@ def seconds(duration: str | int) -> float:
 def test_our_services_exist() -> None:
     assert OURS, "no service builds or runs the leveret image"
     assert {"topology", "worker", "publisher"} <= set(OURS)
+    assert [n for n in OURS if "build" in SERVICES[n]] == ["topology"]
 
 
 @pytest.mark.parametrize("name", OURS)
@@ -245,7 +255,7 @@ def test_one_service_builds_each_image() -> None:
 
 
 def test_every_service_reaches_the_broker_by_name() -> None:
-    for name in OURS:
+    for name in [*OURS, *POLYGLOT]:
         url = environment(SERVICES[name]).get("LEVERET_URL", "")
         assert "@rabbitmq:5672" in url, f"{name}: LEVERET_URL {url!r} is not the rabbitmq service"
 
@@ -284,6 +294,37 @@ def test_compose_waits_longer_than_the_worker_grace() -> None:
 def test_broker_ports_are_bound_to_loopback() -> None:
     for port in SERVICES["rabbitmq"].get("ports", []):
         assert str(port).startswith("127.0.0.1:"), f"rabbitmq port {port} is open to the network"
+
+
+# --- the Node, Ruby and Go workers -----------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(POLYGLOT))
+def test_polyglot_worker_builds_its_own_dockerfile(name: str) -> None:
+    service = SERVICES[name]
+    assert service["build"] == {"context": ".", "dockerfile": POLYGLOT[name]}, (
+        f"{name}: build from the repository root (the workers read schemas/) with its Dockerfile"
+    )
+    assert service["image"] not in (IMAGE, None)
+    for src in copied_paths(POLYGLOT[name]):
+        assert (ROOT / src).exists(), f"{POLYGLOT[name]} copies {src}, which does not exist"
+    assert instruction("USER", POLYGLOT[name]) not in ("root", "0"), f"{name} runs as root"
+    assert instruction("STOPSIGNAL", POLYGLOT[name]) == "SIGTERM"
+
+
+@pytest.mark.parametrize("name", list(POLYGLOT))
+def test_polyglot_worker_consumes_what_the_topology_declares(name: str) -> None:
+    from leveret.demo import TOPOLOGY
+
+    service = SERVICES[name]
+    assert environment(service)["LEVERET_QUEUE"] in {q.name for q in TOPOLOGY.queues}
+    assert run("topology").params["app_target"] == "leveret.demo:app"
+    condition = service["depends_on"]["topology"]["condition"]
+    assert condition == "service_completed_successfully", f"{name} waits for topology {condition}"
+    # The workers' grace on SIGTERM is 30 s unless LEVERET_GRACE says otherwise.
+    grace = float(environment(service).get("LEVERET_GRACE", 30))
+    assert seconds(service["stop_grace_period"]) > grace
+    assert "container_name" not in service and "ports" not in service, f"{name} cannot scale"
 
 
 # --- Dockerfile -----------------------------------------------------------------------
