@@ -16,7 +16,7 @@ import pika.exceptions
 import structlog
 from pika.adapters.blocking_connection import BlockingChannel
 
-from leveret import connection
+from leveret import connection, delay
 from leveret.errors import (
     AccessRefused,
     BrokerUnavailable,
@@ -27,6 +27,7 @@ from leveret.errors import (
 from leveret.topology import (
     MAX_ATTEMPTS_LIMIT,
     Bind,
+    BindExchange,
     Declaration,
     DeclareExchange,
     DeclareQueue,
@@ -121,6 +122,8 @@ def _run(ch: BlockingChannel, op: Declaration) -> None:
             ch.queue_declare(op.name, durable=True, arguments=op.arguments)
         elif isinstance(op, Bind):
             ch.queue_bind(op.queue, op.exchange, op.routing_key, arguments=op.arguments)
+        elif isinstance(op, BindExchange):
+            ch.exchange_bind(op.destination, op.source, op.routing_key, arguments=op.arguments)
         elif isinstance(op, Unbind):
             ch.queue_unbind(op.queue, op.exchange, op.routing_key, arguments=op.arguments)
     except pika.exceptions.ChannelClosedByBroker as exc:
@@ -135,6 +138,8 @@ def translate(
     if isinstance(op, DeclareQueue | DeclareExchange):
         kind = "queue" if isinstance(op, DeclareQueue) else "exchange"
         what = f"{kind} {op.name!r}"
+    elif isinstance(op, BindExchange):
+        what = f"binding of exchange {op.destination!r} to {op.source!r}"
     else:
         what = f"binding of {op.queue!r} to {op.exchange!r}"
     if exc.reply_code == PRECONDITION_FAILED:
@@ -206,30 +211,37 @@ class QueueStats:
 
 
 def stats(urls: str | Sequence[str], topology: Topology) -> list[QueueStats]:
-    """Depth and consumer count of every work, retry-tier and dead-letter queue."""
+    """Depth and consumer count of every work, retry-tier and dead-letter queue.
+
+    A delayed topology adds ``leveret.delay.unroutable`` and the delay levels
+    that hold messages (the others are left out: there are 22 of them).
+    """
     rows: list[QueueStats] = []
+    names: list[tuple[str, str]] = []
+    for q in topology.queues:
+        names.append((q.name, "work"))
+        names += [(tier, f"retry {delay_label(s)}") for tier, s in q.tier_queues()]
+        names.append((dead_letter_queue(q.name), "dead-letter"))
+    levels = [(delay.level_name(k), f"delay {delay_label(2**k)}") for k in range(delay.LEVELS)]
+    if topology.delayed:
+        names += [(delay.UNROUTABLE, "delay unroutable"), *levels]
     conn = connection.connect(urls, name="leveret-queues")
     try:
         ch = conn.channel()
-        for q in topology.queues:
-            names = [(q.name, "work")]
-            names += [(tier, f"retry {delay_label(delay)}") for tier, delay in q.tier_queues()]
-            names.append((dead_letter_queue(q.name), "dead-letter"))
-            for name, role in names:
-                try:
-                    ok = ch.queue_declare(name, passive=True)
-                    rows.append(
-                        QueueStats(
-                            name, role, True, ok.method.message_count, ok.method.consumer_count
-                        )
-                    )
-                except pika.exceptions.ChannelClosedByBroker:
-                    rows.append(QueueStats(name, role, False))
-                    ch = conn.channel()
+        for name, role in names:
+            try:
+                ok = ch.queue_declare(name, passive=True)
+                rows.append(
+                    QueueStats(name, role, True, ok.method.message_count, ok.method.consumer_count)
+                )
+            except pika.exceptions.ChannelClosedByBroker:
+                rows.append(QueueStats(name, role, False))
+                ch = conn.channel()
     finally:
         if conn.is_open:
             conn.close()
-    return rows
+    level_names = {name for name, _ in levels}
+    return [r for r in rows if r.name not in level_names or r.messages or not r.exists]
 
 
 def delete(urls: str | Sequence[str], topology: Topology) -> None:

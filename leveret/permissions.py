@@ -4,7 +4,8 @@ RabbitMQ grants three regular expressions per user and vhost, matched against
 resource names: *configure* (declare, delete), *write* (publish to an
 exchange, bind) and *read* (consume, get, purge). Passive declares need none.
 
-* **publisher**: writes to the topology's exchanges; nothing else.
+* **publisher**: writes to the topology's exchanges (and, for a delayed
+  topology, to the delay levels); nothing else.
 * **worker of Q**: reads ``Q``; writes to ``Q.retry`` and ``Q.dead`` (its
   failure path); configures nothing.
 * **admin**: configures, writes and reads every name of the topology, and
@@ -16,6 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from leveret import delay
 from leveret.topology import Topology, dead_exchange, dead_letter_queue, retry_exchange
 
 NOTHING = "^$"
@@ -40,10 +42,14 @@ def _any_of(names: list[str], patterns: list[str] | None = None) -> str:
 def roles(topology: Topology, *, prefix: str = "leveret-") -> list[Role]:
     """The roles of a topology: a publisher, a worker per queue, and an admin."""
     exchanges = [e.name for e in topology.exchanges]
+    # A delayed message is published to the exchange of its highest delay level.
+    levels = delay.level_names() if topology.delayed else []
     result = [
-        Role(f"{prefix}publisher", NOTHING, _any_of(exchanges), NOTHING, "publish tasks"),
+        Role(f"{prefix}publisher", NOTHING, _any_of(exchanges + levels), NOTHING, "publish tasks"),
     ]
     everything = list(exchanges)
+    if topology.delayed:
+        everything += [*levels, delay.DELIVER, delay.UNROUTABLE]
     tiers: list[str] = []
     for q in topology.queues:
         failure_path = [retry_exchange(q.name), dead_exchange(q.name)]

@@ -14,6 +14,9 @@ For every work queue ``Q`` the description expands to::
     Q.dead            fanout exchange
     Q.dlq             the dead-letter queue
 
+With ``delayed=True`` it adds the delay levels that ``publish(delay=...)`` uses,
+shared by every topology on the vhost (see :mod:`leveret.delay`).
+
 A message that failed ``k`` times carries ``leveret-retry-count = k``; counts
 ``1 .. max_attempts-1`` are bound to the tiers (the last tier repeats), so
 count ``max_attempts`` has no binding and lands in ``Q.dlq``.
@@ -25,7 +28,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from leveret import wire
+from leveret import delay, wire
 from leveret.errors import ConfigurationError
 
 QueueType = Literal["quorum", "classic"]
@@ -172,6 +175,16 @@ class Bind:
 
 
 @dataclass(frozen=True)
+class BindExchange:
+    """Bind exchange ``destination`` to exchange ``source``."""
+
+    destination: str
+    source: str
+    routing_key: str = ""
+    arguments: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class Unbind:
     queue: str
     exchange: str
@@ -179,7 +192,7 @@ class Unbind:
     arguments: dict[str, Any] | None = None
 
 
-Declaration = DeclareExchange | DeclareQueue | Bind | Unbind
+Declaration = DeclareExchange | DeclareQueue | Bind | BindExchange | Unbind
 
 
 @dataclass(frozen=True)
@@ -189,10 +202,13 @@ class Topology:
     Args:
         exchanges: the exchanges publishers send to.
         queues: the work queues, each with its bindings and retry policy.
+        delayed: declare the delay levels, so that messages to these exchanges
+            can be published with ``delay=`` or ``at=``.
     """
 
     exchanges: tuple[Exchange, ...] = ()
     queues: tuple[Queue, ...] = ()
+    delayed: bool = False
 
     def __post_init__(self) -> None:
         known = {e.name for e in self.exchanges}
@@ -229,6 +245,8 @@ class Topology:
         ops: list[Declaration] = [DeclareExchange(e.name, e.type, {}) for e in self.exchanges]
         for q in self.queues:
             ops.extend(queue_declarations(q))
+        if self.delayed:
+            ops.extend(delay_declarations([e.name for e in self.exchanges]))
         return ops
 
 
@@ -247,9 +265,9 @@ def queue_declarations(q: Queue) -> list[Declaration]:
     ops.append(DeclareQueue(q.name, work_args))
     ops.extend(Bind(q.name, b.exchange, b.routing_key) for b in q.bindings)
     tiers = q.tier_queues()
-    for name, delay in tiers:
+    for name, seconds in tiers:
         args = _queue_arguments(q.queue_type, dead_letter_exchange="", dead_letter_key=q.name)
-        args["x-message-ttl"] = round(delay * 1000)
+        args["x-message-ttl"] = round(seconds * 1000)
         ops.append(DeclareQueue(name, args))
     # Counts 1..max_attempts-1 go to a tier; every other count must not be bound
     # anywhere, so that it falls through to the alternate exchange. Unbinding is
@@ -259,6 +277,27 @@ def queue_declarations(q: Queue) -> list[Declaration]:
             wanted = count < q.retry.max_attempts and min(count, len(tiers)) == index
             op = Bind if wanted else Unbind
             ops.append(op(name, retry, "", retry_binding(count)))
+    return ops
+
+
+def delay_declarations(exchanges: list[str]) -> list[Declaration]:
+    """The delay levels, and a route from ``leveret.delay.deliver`` to each exchange."""
+    ops: list[Declaration] = [
+        DeclareExchange(delay.UNROUTABLE, "fanout", {}),
+        DeclareQueue(delay.UNROUTABLE, _queue_arguments("quorum")),
+        Bind(delay.UNROUTABLE, delay.UNROUTABLE),
+        DeclareExchange(delay.DELIVER, "headers", {"alternate-exchange": delay.UNROUTABLE}),
+    ]
+    below = delay.DELIVER
+    for level in range(delay.LEVELS):
+        name = delay.level_name(level)
+        ops.append(DeclareExchange(name, "headers", {"alternate-exchange": below}))
+        args = _queue_arguments("quorum", dead_letter_exchange=below)
+        args["x-message-ttl"] = 2**level * 1000
+        ops.append(DeclareQueue(name, args))
+        ops.append(Bind(name, name, "", delay.level_binding(level)))
+        below = name
+    ops.extend(BindExchange(e, delay.DELIVER, "", delay.deliver_binding(e)) for e in exchanges)
     return ops
 
 

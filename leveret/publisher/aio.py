@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any
 
@@ -186,6 +186,8 @@ class AsyncPublisher(PublisherCore):
         message_id: str | None = None,
         correlation_id: str | None = None,
         headers: Mapping[str, Any] | None = None,
+        delay: timedelta | None = None,
+        at: datetime | None = None,
     ) -> str:
         """Publish one message and wait until the broker confirmed it.
 
@@ -199,6 +201,8 @@ class AsyncPublisher(PublisherCore):
             message_id=message_id,
             correlation_id=correlation_id,
             headers=headers,
+            delay=delay,
+            at=at,
         )
         await self.send(env)
         return env.message_id

@@ -8,9 +8,11 @@ No I/O here. :class:`leveret.publisher.Publisher` (pika) and
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from leveret import connection, wire
+from leveret import delay as leveret_delay
 from leveret.errors import ConfigurationError, MessageTooLarge
 from leveret.messages import Message
 
@@ -60,11 +62,17 @@ class PublisherCore:
         message_id: str | None = None,
         correlation_id: str | None = None,
         headers: Mapping[str, Any] | None = None,
+        delay: timedelta | None = None,
+        at: datetime | None = None,
     ) -> wire.Envelope:
         """Build the envelope of ``message``: body, routing, properties and headers.
 
+        With ``delay`` or ``at``, the envelope goes to the delay levels, which
+        hand the message to its exchange when it is due (:mod:`leveret.delay`).
+
         Raises:
-            ConfigurationError: no exchange or routing key, given or defaulted.
+            ConfigurationError: no exchange or routing key, given or defaulted;
+                a delay out of range, or both ``delay`` and ``at``.
             MessageTooLarge: the body exceeds ``max_size``.
         """
         if not isinstance(message, Message) or not hasattr(message, "message_type"):
@@ -89,6 +97,11 @@ class PublisherCore:
         # count or a failure reason.
         all_headers = {k: v for k, v in (headers or {}).items() if not k.startswith("leveret-")}
         all_headers[wire.VERSION] = message.message_version
+        wait = 0 if delay is None and at is None else leveret_delay.seconds(delay, at)
+        if wait:
+            route = leveret_delay.route(exchange, wait)
+            exchange = route.exchange
+            all_headers.update(route.headers)
         return wire.Envelope(
             exchange=exchange,
             routing_key=routing_key,
@@ -111,4 +124,9 @@ def unroutable(env: wire.Envelope) -> str:
 
 def missing_exchange(env: wire.Envelope) -> str:
     """The message of :class:`~leveret.errors.TopologyMissing` for a publish."""
+    if leveret_delay.EXCHANGE_HEADER in env.headers:
+        return (
+            f"delay level {env.exchange!r} does not exist; set delayed=True on the "
+            "topology and run `leveret topology apply`"
+        )
     return f"exchange {env.exchange!r} does not exist; run `leveret topology apply`"

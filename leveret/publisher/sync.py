@@ -6,6 +6,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
 
@@ -108,6 +109,8 @@ class Publisher(PublisherCore):
         message_id: str | None = None,
         correlation_id: str | None = None,
         headers: Mapping[str, Any] | None = None,
+        delay: timedelta | None = None,
+        at: datetime | None = None,
     ) -> str:
         """Publish one message and wait until the broker confirmed it.
 
@@ -118,6 +121,9 @@ class Publisher(PublisherCore):
             message_id: the id to use (a new UUID by default); kept through retries.
             correlation_id: ties the message to a request or a job.
             headers: extra application headers.
+            delay: deliver the message this long from now (whole seconds, up to
+                about 48 days; the topology needs ``delayed=True``).
+            at: deliver the message at this time (timezone-aware), instead of ``delay``.
 
         Returns:
             The message id.
@@ -136,6 +142,8 @@ class Publisher(PublisherCore):
             message_id=message_id,
             correlation_id=correlation_id,
             headers=headers,
+            delay=delay,
+            at=at,
         )
         self.send(env)
         return env.message_id
