@@ -25,6 +25,7 @@ from leveret.conformance import Conformance, Receipt
 from leveret.consumers import App, Context, Outcome, Worker
 from leveret.messages import Message
 from leveret.publisher import AsyncPublisher
+from leveret.status import JobStatus
 from leveret.topology import Binding, Exchange, Queue, RetryPolicy, Topology
 
 log = structlog.get_logger(__name__)
@@ -63,15 +64,21 @@ TOPOLOGY = Topology(
     ),
 )
 
-app = App(TOPOLOGY, messages=[Receipt])
+app = App(TOPOLOGY, messages=[Receipt, JobStatus])
 
 
-@app.handler(ExportRequested, ExportRequestedV2, queue=QUEUE)
-async def export(message: ExportRequested | ExportRequestedV2, ctx: Context) -> None:
-    """Pretend to build the export (a real one would stream rows to a file)."""
+@app.handler(ExportRequested, ExportRequestedV2, queue=QUEUE, track=True)
+async def export(message: ExportRequested | ExportRequestedV2, ctx: Context) -> str:
+    """Pretend to build the export (a real one would stream rows to a file).
+
+    Tracked: its status (started, progress, succeeded) goes to ``leveret.status``.
+    """
     columns = getattr(message, "columns", None) or ["id", "name", "total"]
-    await asyncio.sleep(0.05)
+    for part in (1, 2):
+        await asyncio.sleep(0.025)
+        await ctx.aprogress(part * 50, f"wrote part {part} of 2")
     log.info("demo.export_written", user_id=message.user_id, format=message.format, columns=columns)
+    return f"exports/{ctx.message_id}.{message.format}"
 
 
 app.handler(Conformance, queue=QUEUE)(conformance.handle)
@@ -105,7 +112,7 @@ async def run(urls: str | Sequence[str]) -> list[dict[str, str]]:
     Raises:
         BrokerUnavailable: no broker to run against.
     """
-    await asyncio.to_thread(admin.apply, urls, TOPOLOGY)
+    await asyncio.to_thread(admin.apply, urls, app.topology)
     finals: dict[str, Outcome] = {}
     done = asyncio.Event()
     ids: list[str] = []

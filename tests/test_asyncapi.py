@@ -61,4 +61,5 @@ def test_the_asyncapi_parser_accepts_it() -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "valid: 4 messages" in result.stdout
+    schema_files = len(list((ROOT / "schemas").glob("*.json")))
+    assert f"valid: {schema_files} messages" in result.stdout

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from leveret import wire
@@ -27,14 +27,17 @@ from leveret.errors import (
     UnknownVersion,
 )
 from leveret.messages import Message
-from leveret.topology import Topology
+from leveret.status import events as status
+from leveret.topology import Exchange, Topology
 
 DEFAULT_TIMEOUT = 25 * 60.0
 """Per-handler timeout: below RabbitMQ's default consumer_timeout of 30 minutes,
 after which the broker would close the channel of a consumer that has not acked."""
 
 
-HandlerFunc = Callable[[Any, Context], Awaitable[None] | None]
+HandlerFunc = Callable[[Any, Context], Awaitable[str | None] | str | None]
+"""A handler takes the message and its context; a tracked one may return a
+reference to its result (a URL, a path), recorded in the job's status."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class Handler:
     models: Mapping[int, type[Message]]
     timeout: float
     is_async: bool
+    track: bool = False
 
     @property
     def name(self) -> str:
@@ -68,7 +72,11 @@ class App:
     handlers: dict[str, dict[str, Handler]] = field(default_factory=dict, init=False)
 
     def handler(
-        self, *models: type[Message], queue: str, timeout: float = DEFAULT_TIMEOUT
+        self,
+        *models: type[Message],
+        queue: str,
+        timeout: float = DEFAULT_TIMEOUT,
+        track: bool = False,
     ) -> Callable[[HandlerFunc], HandlerFunc]:
         """Register a handler for the given versions of one message type on a queue.
 
@@ -76,6 +84,9 @@ class App:
             models: the accepted versions, as model classes of one type.
             queue: the queue whose messages it handles (described in the topology).
             timeout: seconds before an attempt counts as failed.
+            track: publish the job's status (started, succeeded with the
+                handler's return value as the result, retrying, failed) to
+                ``leveret.status``, keyed by message id (:mod:`leveret.status`).
 
         Raises:
             ConfigurationError: mixed types, an unknown queue, or a type already
@@ -92,16 +103,29 @@ class App:
             raise ConfigurationError(f"timeout must be positive, got {timeout}")
         by_version = {m.message_version: m for m in models}
 
+        if track and status.EXCHANGE not in {e.name for e in self.topology.exchanges}:
+            # A tracking app's topology carries the status exchange, so that
+            # `leveret topology apply` declares it.
+            status_exchange = Exchange(status.EXCHANGE, "topic")
+            self.topology = replace(
+                self.topology, exchanges=(*self.topology.exchanges, status_exchange)
+            )
+
         def register(func: HandlerFunc) -> HandlerFunc:
             per_queue = self.handlers.setdefault(queue, {})
             if type_name in per_queue:
                 raise ConfigurationError(f"{type_name} already has a handler on queue {queue!r}")
             per_queue[type_name] = Handler(
-                func, queue, by_version, timeout, inspect.iscoroutinefunction(func)
+                func, queue, by_version, timeout, inspect.iscoroutinefunction(func), track
             )
             return func
 
         return register
+
+    def tracks(self, queues: list[str] | None = None) -> bool:
+        """Whether any handler (on ``queues``) publishes job status."""
+        wanted = self.handlers if queues is None else {q: self.handlers[q] for q in queues}
+        return any(h.track for per_queue in wanted.values() for h in per_queue.values())
 
     def queues(self) -> list[str]:
         """The queues that have handlers, in topology order."""

@@ -18,6 +18,7 @@ import socket
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +41,19 @@ from leveret.consumers.delivery import (
     republished,
     to_delivery,
 )
-from leveret.errors import AccessRefused, BrokerUnavailable, ConfigurationError, TopologyMissing
+from leveret.errors import (
+    AccessRefused,
+    BrokerUnavailable,
+    ConfigurationError,
+    SchemaViolation,
+    TopologyMissing,
+)
 from leveret.messages import Message
 from leveret.publisher.aio import CONNECTION_ERRORS, connect
 from leveret.publisher.core import PublisherCore
+from leveret.status.events import EXCHANGE as STATUS_EXCHANGE
+from leveret.status.events import JobStatus, State, timestamp
+from leveret.topology import RetryPolicy
 
 log = structlog.get_logger(__name__)
 
@@ -215,7 +225,10 @@ class Worker:
 
     async def _verify(self, conn: aio_pika.abc.AbstractConnection) -> None:
         missing = []
-        for kind, name in admin.required(self.app.topology, self.queues):
+        needed = admin.required(self.app.topology, self.queues)
+        if self.app.tracks(self.queues):
+            needed.append(("exchange", STATUS_EXCHANGE))
+        for kind, name in needed:
             ch = await (await conn.channel()).get_underlay_channel()
             try:
                 if kind == "queue":
@@ -304,10 +317,21 @@ class Worker:
             message_id=delivery.message_id, queue=queue, attempt=delivery.attempt
         ):
             decision: retry.Decision
+            policy = self.app.topology.queue(queue).retry
+            tracked: Context | None = None
             try:
                 handler, message = self.app.resolve(queue, delivery, max_size=self.max_size)
                 ctx = context_for(queue, delivery, message, self._handler_publisher)
-                await self._call(handler, message, ctx)
+                if handler.track:
+                    tracked = ctx
+                    await _status(ctx, "started")
+                result = await self._call(handler, message, ctx)
+                if tracked:
+                    # Before the ack: a crash in between repeats the task, never
+                    # leaves a finished job looking unfinished.
+                    await _status(
+                        ctx, "succeeded", result=result if isinstance(result, str) else None
+                    )
                 decision = retry.Ack()
             except Exception as exc:  # every failure is settled, never raised
                 decision = retry.failure(
@@ -315,24 +339,25 @@ class Worker:
                     queue,
                     exc,
                     consumer=f"{queue}@{self.identity}",
-                    max_attempts=self.app.topology.queue(queue).retry.max_attempts,
+                    max_attempts=policy.max_attempts,
                 )
             outcome = await self._settle(dm, decision, consume, publish)
+            if tracked and isinstance(decision, retry.Republish):
+                await _failed(tracked, decision, outcome, policy)
             record = report(queue, delivery, decision, outcome, time.perf_counter() - start)
             if self.on_outcome is not None:
                 self.on_outcome(record)
 
-    async def _call(self, handler: Handler, message: Message, ctx: Context) -> None:
+    async def _call(self, handler: Handler, message: Message, ctx: Context) -> object:
         try:
             if handler.is_async:
-                await asyncio.wait_for(handler.func(message, ctx), handler.timeout)  # type: ignore[arg-type]
-            else:
-                # copy_context: the handler's log lines keep the delivery's bound context.
-                call = contextvars.copy_context().run
-                future = asyncio.get_running_loop().run_in_executor(
-                    self._executor, call, handler.func, message, ctx
-                )
-                await asyncio.wait_for(future, handler.timeout)
+                return await asyncio.wait_for(handler.func(message, ctx), handler.timeout)  # type: ignore[arg-type]
+            # copy_context: the handler's log lines keep the delivery's bound context.
+            call = contextvars.copy_context().run
+            future = asyncio.get_running_loop().run_in_executor(
+                self._executor, call, handler.func, message, ctx
+            )
+            return await asyncio.wait_for(future, handler.timeout)
         except TimeoutError as exc:
             raise TimeoutError(
                 f"handler {handler.name} exceeded its timeout of {handler.timeout}s"
@@ -372,6 +397,36 @@ class Worker:
         except (*CONNECTION_ERRORS, aiormq.exceptions.AMQPError) as exc:
             log.warning("message.settle_failed", error=str(exc) or type(exc).__name__)
             return "redelivery_pending"
+
+
+async def _status(ctx: Context, state: State, **fields: Any) -> None:
+    """Publish a tracked job's status, on the worker's confirm channel."""
+    if ctx.publisher is None:
+        return
+    try:
+        event = JobStatus(
+            job_id=ctx.message_id,
+            state=state,
+            at=timestamp(),
+            type=ctx.type,
+            attempt=ctx.attempt,
+            **fields,
+        )
+    except SchemaViolation as exc:  # a result reference too long, say: report the state
+        log.warning("status.invalid", state=state, error=str(exc))
+        event = JobStatus(
+            job_id=ctx.message_id, state=state, at=timestamp(), type=ctx.type, attempt=ctx.attempt
+        )
+    await ctx.publisher.astatus(event)
+
+
+async def _failed(ctx: Context, failed: retry.Republish, outcome: str, policy: RetryPolicy) -> None:
+    """After a failed attempt was settled: the job is retrying, or failed for good."""
+    if outcome == "retry_scheduled":
+        due = datetime.now(UTC) + timedelta(seconds=policy.delay_for(ctx.attempt))
+        await _status(ctx, "retrying", error=failed.error, next_attempt_at=timestamp(due))
+    elif outcome == "dead_lettered":
+        await _status(ctx, "failed", reason=failed.reason, error=failed.error)
 
 
 async def _first(*events: asyncio.Event) -> None:
