@@ -1,10 +1,12 @@
-"""``leveret queues`` and ``leveret dlq``: look at queues, act on dead letters."""
+"""``leveret queues``, ``check`` and ``dlq``: look at queues, act on dead letters."""
 
 from __future__ import annotations
 
+import sys
+
 import click
 
-from leveret import admin, dlq
+from leveret import admin, checks, dlq
 from leveret.cli.base import app_option, load_app, main, one_line_errors, short, table, url_option
 
 # --- queues and dead letters ------------------------------------------------------
@@ -31,6 +33,47 @@ def queues(url: str, app_target: str) -> None:
             ],
         )
     )
+
+
+@main.command()
+@click.option(
+    "--max-depth",
+    default=1000,
+    show_default=True,
+    help="Alert when a work queue holds more messages than this.",
+)
+@click.option("--allow-dead-letters", is_flag=True, help="A non-empty DLQ is not a problem.")
+@click.option(
+    "--allow-no-consumer", is_flag=True, help="A queue without consumer is not a problem."
+)
+@click.option("--queue", "queues", multiple=True, help="Check only this queue (repeatable).")
+@url_option
+@app_option
+@one_line_errors
+def check(
+    max_depth: int,
+    allow_dead_letters: bool,
+    allow_no_consumer: bool,
+    queues: tuple[str, ...],
+    url: str,
+    app_target: str,
+) -> None:
+    """Exit 1 with a one-line reason when a queue needs a person (for cron or CI).
+
+    A problem is a work queue deeper than --max-depth or without a consumer, a
+    dead-letter queue that is not empty, or a queue that does not exist.
+    """
+    topology = load_app(app_target).topology
+    for name in queues:
+        topology.queue(name)  # an unknown queue is a configuration error
+    limits = checks.Limits(max_depth, not allow_dead_letters, not allow_no_consumer)
+    found = checks.problems(admin.stats(url, topology), limits, queues)
+    if found:
+        noun = "problem" if len(found) == 1 else "problems"
+        click.echo(f"leveret check: {len(found)} {noun}: " + "; ".join(found), err=True)
+        sys.exit(1)
+    checked = len(queues) or len(topology.queues)
+    click.echo(f"ok: {checked} queue(s) checked")
 
 
 @main.group("dlq")
