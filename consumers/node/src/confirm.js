@@ -1,8 +1,38 @@
 // Publishing with confirms and `mandatory`: a publish has succeeded only when
-// the broker acked it and did not return it first.
+// the broker acked it and did not return it first (docs/contract.md §3).
 
+/** The broker did not take the message. */
 export class PublishError extends Error {
   name = "PublishError";
+}
+
+/** The broker returned the message: no queue is bound for its exchange and routing key. */
+export class Unroutable extends PublishError {
+  name = "Unroutable";
+}
+
+/** The broker nacked the message, closed the channel before the confirm, or never confirmed it. */
+export class NotConfirmed extends PublishError {
+  name = "NotConfirmed";
+}
+
+/** The exchange does not exist (404): run `leveret topology apply`. */
+export class ExchangeMissing extends PublishError {
+  name = "ExchangeMissing";
+}
+
+/** The user may not publish to the exchange (403). */
+export class AccessRefused extends PublishError {
+  name = "AccessRefused";
+}
+
+/**
+ * The channel or its connection closed before the confirm, and the broker
+ * gave no reason: it may or may not have the message. Publishing it again
+ * with the same message id is safe (a duplicate is possible, a loss is not).
+ */
+export class ChannelLost extends PublishError {
+  name = "ChannelLost";
 }
 
 /**
@@ -12,10 +42,14 @@ export class PublishError extends Error {
  * count as failures. Should two pending publishes share all three, both are
  * marked: a failure reported in excess is safe (the delivery is rejected to
  * the dead-letter exchange), a return missed would lose a message.
+ *
+ * Publishes are pipelined: any number may wait for their confirms at once.
  */
 export class ConfirmPublisher {
   #channel;
   #pending = new Set();
+  #closed = false;
+  #brokerError = null;
 
   constructor(channel) {
     this.#channel = channel;
@@ -23,27 +57,75 @@ export class ConfirmPublisher {
       const key = keyOf(msg.fields.exchange, msg.fields.routingKey, msg.properties.messageId);
       for (const entry of this.#pending) if (entry.key === key) entry.returned = true;
     });
+    // A channel.close from the broker: 'error' comes first, then 'close'.
+    channel.on("error", (err) => {
+      this.#brokerError ??= err;
+    });
+    // amqplib fails the unconfirmed publishes from its own 'close' listener;
+    // this one runs before it, so they are told apart from nacks.
+    channel.prependListener("close", () => {
+      this.#closed = true;
+    });
   }
 
-  /** Publish and wait for the confirm; rejects with a PublishError if not confirmed. */
+  /** True once the channel has closed, for whatever reason. */
+  get closed() {
+    return this.#closed;
+  }
+
+  /**
+   * Publish and wait for the confirm. Rejects with Unroutable, NotConfirmed,
+   * ExchangeMissing, AccessRefused or ChannelLost (all PublishErrors).
+   */
   publish(exchange, routingKey, body, options) {
     return new Promise((resolve, reject) => {
+      const messageId = options.messageId ?? "(no id)";
       const entry = { key: keyOf(exchange, routingKey, options.messageId), returned: false };
       this.#pending.add(entry);
       const settle = (err) => {
         this.#pending.delete(entry);
-        if (err) reject(new PublishError(`not confirmed by the broker (exchange '${exchange}'): ${err.message ?? err}`));
-        else if (entry.returned) reject(new PublishError(`unroutable: exchange '${exchange}', routing key '${routingKey}'`));
-        else resolve();
+        if (err) reject(this.#failure(exchange, messageId));
+        else if (entry.returned) {
+          const type = options.type ? ` (${options.type})` : "";
+          reject(
+            new Unroutable(
+              `message ${messageId}${type} is unroutable: no queue is bound to exchange '${exchange}' with routing key '${routingKey}'`,
+            ),
+          );
+        } else resolve();
       };
       try {
         // The callback runs on ack (err null), nack, or the channel closing.
         this.#channel.publish(exchange, routingKey, body, { ...options, mandatory: true }, settle);
       } catch (err) {
-        // A closed channel, or headers too large for amqplib to encode.
-        settle(err);
+        // Nothing was sent: the channel is closed, or amqplib cannot encode the
+        // properties (a header table over 64 KiB, a short string over 255 bytes).
+        this.#pending.delete(entry);
+        reject(
+          this.#closed
+            ? new ChannelLost(`message ${messageId} not sent: the channel is closed`)
+            : new PublishError(`message ${messageId} not sent: ${err?.message ?? err}`),
+        );
       }
     });
+  }
+
+  #failure(exchange, messageId) {
+    if (!this.#closed) return new NotConfirmed(`the broker nacked message ${messageId}`);
+    const cause = this.#brokerError;
+    if (!cause) return new ChannelLost(`the connection closed before the broker confirmed message ${messageId}`);
+    const text = String(cause.message ?? cause).replace(/^Channel closed by server: /, "");
+    // A 404 names the exchange it is about; another publish on the same
+    // channel may have caused it.
+    if (cause.code === 404 && text.includes(`exchange '${exchange}'`)) {
+      return new ExchangeMissing(`exchange '${exchange}' does not exist; run \`leveret topology apply\` (${text})`);
+    }
+    if (cause.code === 403) {
+      return new AccessRefused(`the broker refused message ${messageId} on exchange '${exchange}': ${text}`);
+    }
+    const err = new NotConfirmed(`the broker closed the channel before confirming message ${messageId}: ${text}`);
+    err.code = cause.code;
+    return err;
   }
 }
 

@@ -21,7 +21,11 @@ export class Schemas {
   constructor() {
     // Strict mode stays on: the two annotations are declared as keywords.
     // useDefaults fills in the schema's defaults, as leveret's Python models do.
-    this.ajv = new Ajv({ allErrors: false, useDefaults: true });
+    // `format` is an annotation in draft-07 (asserting it is optional), and
+    // ajv alone knows no formats: strict mode would refuse a schema with
+    // "format": "date-time" (pydantic writes it), so formats are not checked;
+    // leveret's schemas pair such a format with a `pattern`, which is.
+    this.ajv = new Ajv({ allErrors: false, useDefaults: true, validateFormats: false });
     this.ajv.addKeyword(TYPE_KEY);
     this.ajv.addKeyword(VERSION_KEY);
   }

@@ -1,9 +1,13 @@
 // The wire format and the pure decisions of docs/contract.md: reading a
-// delivery, checking it (steps 1-5), and building the copy of a failed one
-// (step 8). Nothing here does I/O or imports amqplib, so it is unit-tested
-// on plain objects; src/worker.js performs what these functions decide.
+// delivery, checking it (steps 1-5), building the copy of a failed one
+// (step 8), and building a new message (§3). Nothing here does I/O or
+// imports amqplib, so it is unit-tested on plain objects; src/worker.js and
+// src/publisher.js perform what these functions decide.
+
+import { randomUUID } from "node:crypto";
 
 export const CONTENT_TYPE = "application/json";
+export const CONTENT_ENCODING = "utf-8";
 export const DEFAULT_MAX_SIZE = 1024 * 1024;
 
 export const H = Object.freeze({
@@ -306,15 +310,23 @@ export function fit(headers, budget) {
 
 // --- publishing ---------------------------------------------------------------
 
-/** amqplib publish options for a new message, with the contract's properties. */
-export function publishProperties({ type, version, messageId, correlationId, headers = {}, now = Date.now() }) {
+/**
+ * amqplib publish options for a new message, with the contract's properties:
+ * JSON in UTF-8, persistent, `type`, `message_id`, `timestamp` (seconds),
+ * optional `correlation_id` and `app_id`, and `leveret-version` as an AMQP
+ * integer. The caller's headers are kept except `leveret-` ones: the prefix
+ * belongs to the contract, so a publisher cannot forge a retry count or a
+ * failure reason (as leveret's Python publisher does).
+ */
+export function publishProperties({ type, version, messageId, correlationId, appId, headers = {}, now = Date.now() }) {
   const clean = {};
-  for (const [name, value] of Object.entries(headers)) {
-    if (name !== H.RETRY_COUNT) clean[name] = value; // publishers never set it
+  for (const [name, value] of Object.entries(headers ?? {})) {
+    if (!name.startsWith("leveret-")) clean[name] = value;
   }
   clean[H.VERSION] = amqpInt(version);
   const options = {
     contentType: CONTENT_TYPE,
+    contentEncoding: CONTENT_ENCODING,
     deliveryMode: 2,
     messageId,
     type,
@@ -322,5 +334,44 @@ export function publishProperties({ type, version, messageId, correlationId, hea
     headers: clean,
   };
   if (correlationId) options.correlationId = correlationId;
+  if (appId) options.appId = appId;
   return options;
+}
+
+/**
+ * A new message, checked and ready to publish (docs/contract.md §3, steps 1
+ * and 2): the UTF-8 JSON body and its amqplib publish options. Throws a
+ * MessageError, and so sends nothing, for an unknown type or version, a
+ * payload that is not JSON, a body over `maxSize`, or a schema violation.
+ * What is validated is the body as a consumer will read it (a parsed copy:
+ * the caller's object is left as it is, without the schema's defaults).
+ *
+ * @param schemas {has(type, version), versions(type), validate(type, version, value)}, as src/schemas.js
+ */
+export function outgoing(schemas, type, version, payload, { maxSize = DEFAULT_MAX_SIZE, messageId, correlationId, appId, headers, now } = {}) {
+  if (typeof type !== "string" || type === "") throw new MessageError("unknown-type", "not published: no message type given");
+  if (!Number.isInteger(version)) {
+    throw new MessageError("unknown-version", `not published: ${type}: the version must be an integer, got ${JSON.stringify(version)}`);
+  }
+  const what = `${type} v${version}`;
+  if (!schemas.has(type, version)) {
+    const known = schemas.versions(type);
+    if (known.length === 0) throw new MessageError("unknown-type", `not published: no schema for message type '${type}'`);
+    throw new MessageError("unknown-version", `not published: no schema for ${what} (known versions: ${known.join(", ")})`);
+  }
+  let json;
+  try {
+    json = JSON.stringify(payload);
+  } catch (err) {
+    throw new MessageError("invalid-json", `not published: ${what}: the payload cannot be serialised as JSON: ${err.message}`);
+  }
+  if (json === undefined) throw new MessageError("invalid-json", `not published: ${what}: the payload is not a JSON value`);
+  const body = Buffer.from(json, "utf8");
+  if (body.length > maxSize) {
+    throw new MessageError("too-large", `not published: ${what}: body is ${body.length} bytes, over the limit of ${maxSize}`);
+  }
+  const problem = schemas.validate(type, version, JSON.parse(json));
+  if (problem) throw new MessageError("schema-violation", `not published: ${what}: ${problem}`);
+  const properties = publishProperties({ type, version, messageId: messageId ?? randomUUID(), correlationId, appId, headers, now });
+  return { body, properties };
 }

@@ -3,7 +3,6 @@
 // or reject without requeue), reconnecting, and a graceful shutdown.
 // The decisions themselves are pure and live in wire.js.
 
-import { randomUUID } from "node:crypto";
 import { hostname } from "node:os";
 import { setTimeout as sleep } from "node:timers/promises";
 import amqp from "amqplib";
@@ -16,7 +15,7 @@ import {
   deadExchange,
   deadLetterQueue,
   failure,
-  publishProperties,
+  outgoing,
   resolve,
   retryExchange,
   toDelivery,
@@ -338,14 +337,9 @@ export class Worker {
        */
       async publish(type, v, payload, { exchange, routingKey = "", correlationId, headers } = {}) {
         if (typeof exchange !== "string") throw new TypeError("publish: an exchange is required");
-        const problem = schemas.validate(type, v, payload);
-        if (problem) throw new Error(`refusing to publish an invalid ${type} v${v}: ${problem}`);
-        const body = Buffer.from(JSON.stringify(payload), "utf8");
-        if (body.length > maxSize) throw new Error(`refusing to publish ${body.length} bytes, over ${maxSize}`);
-        const messageId = randomUUID();
-        const options = publishProperties({ type, version: v, messageId, correlationId, headers });
-        await publisher.publish(exchange, routingKey, body, options);
-        return messageId;
+        const { body, properties } = outgoing(schemas, type, v, payload, { maxSize, correlationId, headers });
+        await publisher.publish(exchange, routingKey, body, properties);
+        return properties.messageId;
       },
     };
   }

@@ -45,6 +45,14 @@ describe("Schemas", () => {
     assert.match(schemas.validate("demo.export", 9, {}), /no schema for demo.export v9/);
   });
 
+  it("takes `format` as an annotation (pydantic writes date-time): the pattern beside it is checked", () => {
+    const s = new Schemas();
+    const pattern = "^\\d{4}-\\d{2}-\\d{2}T";
+    s.add({ type: "object", properties: { at: { type: "string", format: "date-time", pattern } }, "x-leveret-type": "f", "x-leveret-version": 1 });
+    assert.equal(s.validate("f", 1, { at: "2026-01-02T03:04:05.123+00:00" }), null);
+    assert.match(s.validate("f", 1, { at: "yesterday" }), /must match pattern/);
+  });
+
   it("refuses a file without the annotations, or a duplicate", () => {
     const s = new Schemas();
     assert.throws(() => s.add({ type: "object" }, "bare.json"), SchemaError);

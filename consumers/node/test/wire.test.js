@@ -1,8 +1,11 @@
 // Unit tests of the pure parts: reading a delivery, the checks of steps 1-5,
-// and the copy of a failed delivery (headers, properties, truncation, budget).
+// the copy of a failed delivery (headers, properties, truncation, budget),
+// and a new message (§3).
 
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import { DEFAULT_SCHEMAS } from "../src/config.js";
+import { Schemas } from "../src/schemas.js";
 import {
   DeadLetter,
   H,
@@ -14,6 +17,7 @@ import {
   failure,
   fit,
   isoUtc,
+  outgoing,
   publishProperties,
   resolve,
   toDelivery,
@@ -293,16 +297,66 @@ describe("small helpers", () => {
       type: "t",
       version: 1,
       messageId: "id",
-      headers: { [H.RETRY_COUNT]: 5, tenant: "acme" },
+      headers: { [H.RETRY_COUNT]: 5, [H.REASON]: "forged", tenant: "acme" },
       now: 1_700_000_000_999,
     });
     assert.deepEqual(props, {
       contentType: "application/json",
+      contentEncoding: "utf-8",
       deliveryMode: 2,
       messageId: "id",
       type: "t",
       timestamp: 1_700_000_000,
       headers: { tenant: "acme", [H.VERSION]: { "!": "int", value: 1 } },
     });
+    const more = publishProperties({ type: "t", version: 2, messageId: "id", correlationId: "c", appId: "web" });
+    assert.equal(more.correlationId, "c");
+    assert.equal(more.appId, "web");
+  });
+});
+
+describe("outgoing: a new message (§3)", () => {
+  const schemas = Schemas.load(DEFAULT_SCHEMAS);
+  const refused = (fn) => {
+    try {
+      fn();
+    } catch (err) {
+      assert.ok(err instanceof MessageError, err);
+      return err;
+    }
+    assert.fail("not refused");
+  };
+
+  it("the body is the payload as given, validated as a consumer reads it", () => {
+    const payload = { user_id: 3 };
+    const { body, properties } = outgoing(schemas, "demo.export", 2, payload, { correlationId: "c", appId: "a", now: 1_700_000_000_000 });
+    assert.equal(body.toString(), '{"user_id":3}');
+    assert.deepEqual(payload, { user_id: 3 }); // no defaults written into the caller's object
+    assert.match(properties.messageId, /^[0-9a-f-]{36}$/);
+    assert.deepEqual({ ...properties, messageId: undefined }, {
+      contentType: "application/json",
+      contentEncoding: "utf-8",
+      deliveryMode: 2,
+      messageId: undefined,
+      type: "demo.export",
+      timestamp: 1_700_000_000,
+      headers: { [H.VERSION]: { "!": "int", value: 2 } },
+      correlationId: "c",
+      appId: "a",
+    });
+    assert.equal(outgoing(schemas, "demo.export", 1, payload, { messageId: "given" }).properties.messageId, "given");
+  });
+
+  it("refuses, naming the reason: unknown type or version, not JSON, too large, schema violation", () => {
+    assert.equal(refused(() => outgoing(schemas, "nope", 1, {})).reason, "unknown-type");
+    assert.equal(refused(() => outgoing(schemas, "demo.export", 9, {})).reason, "unknown-version");
+    assert.equal(refused(() => outgoing(schemas, "demo.export", 1.5, {})).reason, "unknown-version");
+    assert.equal(refused(() => outgoing(schemas, "demo.export", 1, undefined)).reason, "invalid-json");
+    const big = refused(() => outgoing(schemas, "demo.export", 1, { user_id: 1, pad: "x".repeat(100) }, { maxSize: 64 }));
+    assert.equal(big.reason, "too-large");
+    assert.match(big.message, /body is \d+ bytes, over the limit of 64$/);
+    const bad = refused(() => outgoing(schemas, "demo.export", 1, { user_id: "1" }));
+    assert.equal(bad.reason, "schema-violation");
+    assert.equal(bad.message, "not published: demo.export v1: body/user_id must be integer");
   });
 });
