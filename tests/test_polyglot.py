@@ -1,0 +1,369 @@
+"""The Node, Ruby and Go workers and publishers against the Python side, both ways.
+
+Each worker in ``consumers/`` is held to the conformance battery, and processes
+``demo.export`` tasks that the Python publisher sends; tasks published by the
+Ruby ``TaskPublisher`` and the Node ``Publisher`` are processed by the Python
+worker. A language whose toolchain is missing here is skipped with the reason,
+unless ``LEVERET_POLYGLOT=required`` (as in CI), where that is a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from leveret import (
+    App,
+    Binding,
+    Context,
+    Exchange,
+    Outcome,
+    Publisher,
+    Queue,
+    RetryPolicy,
+    Topology,
+    Worker,
+    admin,
+    dlq,
+)
+from leveret.conformance import battery
+from leveret.demo import ExportRequested, ExportRequestedV2
+from tests.conftest import rabbitmqctl
+
+ROOT = Path(__file__).resolve().parent.parent
+CONSUMERS = ROOT / "consumers"
+REQUIRED = os.environ.get("LEVERET_POLYGLOT") == "required"
+
+
+def unavailable(reason: str) -> None:
+    """Skip, or fail where every language must run."""
+    if REQUIRED:
+        pytest.fail(f"{reason} (LEVERET_POLYGLOT=required)", pytrace=False)
+    pytest.skip(reason)
+
+
+def node() -> list[str]:
+    if not shutil.which("node"):
+        unavailable("node is not installed")
+    if not (CONSUMERS / "node/node_modules/amqplib").is_dir():
+        unavailable("consumers/node has no node_modules: run `npm ci --prefix consumers/node`")
+    return ["node", str(CONSUMERS / "node/src/main.js")]
+
+
+def ruby() -> list[str]:
+    if not shutil.which("ruby"):
+        unavailable("ruby is not installed: apt-get install $(cat consumers/ruby/apt-packages.txt)")
+    probe = subprocess.run(
+        ["ruby", "-e", "require 'bunny'; require 'json_schemer'"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if probe.returncode != 0:
+        unavailable(f"ruby cannot load bunny and json_schemer: {probe.stderr.strip()}")
+    return ["ruby", str(CONSUMERS / "ruby/worker.rb")]
+
+
+def go() -> list[str]:
+    if not shutil.which("go"):
+        unavailable("go is not installed: apt-get install $(cat consumers/go/apt-packages.txt)")
+    # Cheap when bin/leveret-worker is up to date; builds offline otherwise.
+    build = subprocess.run(
+        ["make", "-C", str(CONSUMERS / "go"), "build"], capture_output=True, text=True, timeout=300
+    )
+    if build.returncode != 0:
+        pytest.fail(f"the Go worker does not build:\n{build.stdout}{build.stderr}", pytrace=False)
+    return [str(CONSUMERS / "go/bin/leveret-worker")]
+
+
+WORKERS: dict[str, Callable[[], list[str]]] = {"node": node, "ruby": ruby, "go": go}
+
+
+@pytest.fixture(params=sorted(WORKERS))
+def worker_command(request: pytest.FixtureRequest) -> list[str]:
+    return WORKERS[request.param]()
+
+
+# --- the battery ----------------------------------------------------------------
+
+
+@pytest.mark.timeout(180)
+def test_the_worker_passes_the_conformance_battery(
+    broker_url: str, names: Callable[[str], str], worker_command: list[str]
+) -> None:
+    checks = battery.run(broker_url, names("conformance"), worker_command, timeout=30)
+    failed = [(c.name, c.detail) for c in checks if not c.passed]
+    assert not failed
+    assert len(checks) == 10
+
+
+# --- Python publishes, another language processes --------------------------------
+
+
+@dataclass
+class Demo:
+    """A unique copy of the demo topology: one exchange, one queue for ``export``."""
+
+    url: str
+    exchange: str
+    queue: str
+    topology: Topology
+
+
+@pytest.fixture
+def demo(broker_url: str, names: Callable[[str], str]) -> Iterator[Demo]:
+    exchange, queue = names("demo"), names("demo.tasks")
+    topology = Topology(
+        exchanges=(Exchange(exchange),),
+        queues=(
+            Queue(
+                queue,
+                bindings=(Binding(exchange, "export"),),
+                retry=RetryPolicy(delays=(0.2, 0.4), max_attempts=3),
+            ),
+        ),
+    )
+    admin.apply(broker_url, topology)
+    yield Demo(broker_url, exchange, queue, topology)
+    admin.delete(broker_url, topology)
+
+
+def log_lines(path: Path) -> list[dict[str, object]]:
+    """The JSON lines a worker wrote so far (anything else is skipped)."""
+    lines = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict):
+            lines.append(entry)
+    return lines
+
+
+def depth(url: str, queue: str) -> int:
+    with admin.channel(url) as ch:
+        return int(ch.queue_declare(queue, passive=True).method.message_count)
+
+
+def consumers(url: str, queue: str) -> int:
+    with admin.channel(url) as ch:
+        return int(ch.queue_declare(queue, passive=True).method.consumer_count)
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+@pytest.mark.timeout(90)
+def test_the_worker_processes_exports_published_from_python(
+    demo: Demo, worker_command: list[str], tmp_path: Path
+) -> None:
+    log = tmp_path / "worker.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            worker_command,
+            env=dict(os.environ, LEVERET_URL=demo.url, LEVERET_QUEUE=demo.queue),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(lambda: consumers(demo.url, demo.queue) > 0, "the worker to consume")
+        with Publisher(demo.url) as publisher:
+            v1 = publisher.publish(
+                ExportRequested(user_id=3, format="xlsx"), exchange=demo.exchange
+            )
+            v2 = publisher.publish(
+                ExportRequestedV2(user_id=4, columns=["id", "total"]), exchange=demo.exchange
+            )
+
+        def processed() -> dict[object, dict[str, object]]:
+            return {
+                entry.get("message_id"): entry
+                for entry in log_lines(log)
+                if entry.get("event") == "message.processed"
+            }
+
+        wait_for(lambda: {v1, v2} <= processed().keys(), f"{v1} and {v2} to be processed")
+        done = processed()
+        assert (done[v1]["type"], done[v1]["version"], done[v1]["attempt"]) == ("demo.export", 1, 1)
+        assert (done[v2]["type"], done[v2]["version"], done[v2]["attempt"]) == ("demo.export", 2, 1)
+        # The handler saw the payload as sent (each language logs it on its own line).
+        seen = [e for e in log_lines(log) if e.get("message_id") == v2 and "columns" in e]
+        assert seen
+        assert seen[0]["user_id"] == 4
+        assert seen[0]["columns"] == ["id", "total"]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(40)
+    assert code == 0, log.read_text()
+    assert depth(demo.url, demo.queue) == 0
+    assert dlq.browse(demo.url, demo.queue) == []
+    assert "guest:guest" not in log.read_text()
+
+
+def broker_connections_of(pid: int) -> list[str]:
+    """The broker's names (Erlang pids) for the AMQP connections of process ``pid``."""
+    sockets = subprocess.run(
+        ["ss", "-Htnp", "state", "established", "( dport = :5672 )"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    ).stdout
+    ports = {
+        int(line.split()[2].rsplit(":", 1)[1])
+        for line in sockets.splitlines()
+        if f"pid={pid}," in line
+    }
+    # Tab-separated rows: the pid as close_connection takes it, then the port.
+    listed = rabbitmqctl("-q", "list_connections", "--no-table-headers", "pid", "peer_port")
+    rows = [line.split("\t") for line in listed.splitlines() if "\t" in line]
+    return [name for name, port in rows if int(port) in ports]
+
+
+@pytest.mark.timeout(90)
+def test_the_worker_consumes_again_after_the_broker_drops_it(
+    demo: Demo, worker_command: list[str], tmp_path: Path
+) -> None:
+    if not shutil.which("ss"):
+        unavailable("ss (iproute2) is needed to find the worker's connections")
+    log = tmp_path / "worker.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            worker_command,
+            env=dict(os.environ, LEVERET_URL=demo.url, LEVERET_QUEUE=demo.queue),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(lambda: consumers(demo.url, demo.queue) > 0, "the worker to consume")
+        dropped = broker_connections_of(process.pid)
+        assert dropped, "found no connection of the worker"
+        for name in dropped:
+            rabbitmqctl("close_connection", name, "test: the broker drops the worker")
+        wait_for(lambda: broker_connections_of(process.pid), "the worker to reconnect")
+        assert not set(dropped) & set(broker_connections_of(process.pid))
+        wait_for(lambda: consumers(demo.url, demo.queue) == 1, "one consumer again")
+        with Publisher(demo.url) as publisher:
+            sent = publisher.publish(ExportRequested(user_id=5), exchange=demo.exchange)
+        wait_for(
+            lambda: any(
+                e.get("event") == "message.processed" and e.get("message_id") == sent
+                for e in log_lines(log)
+            ),
+            f"{sent} to be processed after the reconnect",
+        )
+        assert process.poll() is None, log.read_text()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(40)
+    assert code == 0, log.read_text()
+
+
+# --- another language publishes, Python processes --------------------------------
+
+
+async def python_worker_receives(demo: Demo, publish: Callable[[], list[str]]) -> dict[str, dict]:
+    """Run ``publish`` (which returns message ids) while a Python worker consumes."""
+    received: dict[str, dict] = {}
+    outcomes: list[Outcome] = []
+    app = App(demo.topology)
+
+    @app.handler(ExportRequested, ExportRequestedV2, queue=demo.queue)
+    async def export(message: ExportRequested | ExportRequestedV2, ctx: Context) -> None:
+        received[ctx.message_id] = {
+            "version": ctx.version,
+            "correlation_id": ctx.correlation_id,
+            **message.model_dump(),
+        }
+
+    worker = Worker(app, demo.url, on_outcome=outcomes.append)
+    running = asyncio.create_task(worker.run())
+    try:
+        ids = await asyncio.to_thread(publish)
+        deadline = time.monotonic() + 20
+        while not set(ids) <= {o.message_id for o in outcomes if o.outcome == "processed"}:
+            assert time.monotonic() < deadline, f"not processed: {ids}; outcomes {outcomes}"
+            await asyncio.sleep(0.05)
+    finally:
+        worker.stop()
+        await asyncio.wait_for(running, 40)
+    assert all(o.outcome == "processed" for o in outcomes), outcomes
+    return {i: received[i] for i in ids}
+
+
+def run_publisher(command: list[str], env: dict[str, str]) -> str:
+    """Run a publisher command that prints the message id; return it."""
+    done = subprocess.run(
+        command, env=dict(os.environ, **env), capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout.strip().splitlines()[-1]
+
+
+RUBY_PUBLISH = """
+require "task_publisher"
+puts TaskPublisher.publish_export_task(Integer(ARGV[0]), ARGV[1], correlation_id: ARGV[2])
+TaskPublisher.shutdown
+"""
+
+
+async def test_a_task_from_the_ruby_task_publisher_is_processed_by_python(demo: Demo) -> None:
+    ruby()
+    command = ["ruby", "-I", str(CONSUMERS / "ruby/lib"), "-e", RUBY_PUBLISH, "7", "xlsx", "req-7"]
+    env = {"LEVERET_URL": demo.url, "LEVERET_EXCHANGE": demo.exchange}
+
+    got = await python_worker_receives(demo, lambda: [run_publisher(command, env)])
+
+    [(_, task)] = got.items()
+    assert task == {
+        "version": 1,
+        "correlation_id": "req-7",
+        "user_id": 7,
+        "format": "xlsx",
+    }
+
+
+async def test_a_task_from_the_node_publisher_is_processed_by_python(demo: Demo) -> None:
+    node()
+    command = [
+        "node",
+        str(CONSUMERS / "node/src/publish.js"),
+        "--exchange",
+        demo.exchange,
+        "--routing-key",
+        "export",
+        "--type",
+        "demo.export",
+        "--version",
+        "2",
+        json.dumps({"user_id": 8, "format": "csv", "columns": ["id"]}),
+    ]
+
+    got = await python_worker_receives(
+        demo, lambda: [run_publisher(command, {"LEVERET_URL": demo.url})]
+    )
+
+    [(_, task)] = got.items()
+    assert task == {
+        "version": 2,
+        "correlation_id": None,
+        "user_id": 8,
+        "format": "csv",
+        "columns": ["id"],
+    }
