@@ -1,0 +1,160 @@
+"""One attempt at a delivery, with no broker: from the delivery to the decision.
+
+This is :meth:`leveret.consumers.Worker._process` without its I/O: resolve the
+delivery (:meth:`App.resolve`), build the handler's :class:`Context`
+(:func:`~leveret.consumers.delivery.context_for`), report a tracked job's
+start and success, call the handler under its timeout (sync handlers on a
+thread, as in the worker), and on any exception take the decision from
+:func:`leveret.retry.failure`. The worker and the in-memory broker differ only
+in how they settle the decision.
+
+It is written with the signature a shared seam in :mod:`leveret.consumers`
+would have, so the worker can take it over and this copy can go (see
+``docs/testing.md``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+
+from leveret import retry, wire
+from leveret.consumers.app import App, Handler
+from leveret.consumers.context import Context, HandlerPublisher
+from leveret.consumers.delivery import context_for
+from leveret.errors import SchemaViolation
+from leveret.messages import Message
+from leveret.status.events import EXCHANGE as STATUS_EXCHANGE
+from leveret.status.events import JobStatus, State, timestamp
+from leveret.topology import RetryPolicy
+
+log = structlog.get_logger("leveret.consumers.worker")
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What one attempt decided, and the context of a tracked job (to report its end)."""
+
+    decision: retry.Decision
+    tracked: Context | None = None
+
+
+async def attempt(
+    app: App,
+    queue: str,
+    delivery: wire.Delivery,
+    *,
+    publisher: HandlerPublisher | None,
+    executor: Executor,
+    consumer: str,
+    max_size: int,
+    can_report: bool,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> Attempt:
+    """Run one delivery through its handler and decide how to settle it.
+
+    Args:
+        app: the handlers.
+        queue: the queue the delivery came from.
+        delivery: the delivery.
+        publisher: what ``ctx.publish`` and the job status go through.
+        executor: where sync handlers run.
+        consumer: who fails it, for ``leveret-failed-by`` (``<queue>@<host>:<pid>``).
+        max_size: the largest body accepted.
+        can_report: the status exchange exists (batch members report their end).
+        now: the time of a failure.
+    """
+    tracked: Context | None = None
+    try:
+        handler, message = app.resolve(queue, delivery, max_size=max_size)
+        ctx = context_for(queue, delivery, message, publisher)
+        member = isinstance(delivery.headers.get(wire.BATCH), str)
+        if handler.track or (member and can_report):
+            tracked = ctx
+            await status(ctx, "started")
+        elif member:
+            log.error(
+                "status.batch_member_unreported",
+                hint=f"no {STATUS_EXCHANGE!r} exchange: apply a tracked app's topology",
+            )
+        result = await call(handler, message, ctx, executor)
+        if tracked:
+            await status(ctx, "succeeded", result=result if isinstance(result, str) else None)
+        return Attempt(retry.Ack(), tracked)
+    except Exception as exc:  # every failure is settled, never raised
+        policy = app.topology.queue(queue).retry
+        decision = retry.failure(
+            delivery,
+            queue,
+            exc,
+            consumer=consumer,
+            max_attempts=policy.max_attempts,
+            now=now(),
+        )
+        return Attempt(decision, tracked)
+
+
+async def call(handler: Handler, message: Message, ctx: Context, executor: Executor) -> object:
+    """Call a handler under its timeout: async ones on the loop, sync ones on ``executor``.
+
+    Raises:
+        TimeoutError: the handler ran past its timeout.
+    """
+    try:
+        async with asyncio.timeout(handler.timeout):
+            if handler.is_async:
+                result = handler.func(message, ctx)
+                assert inspect.isawaitable(result)
+                return await result
+            # copy_context: the handler's log lines keep the delivery's bound context.
+            run = contextvars.copy_context().run
+            return await asyncio.get_running_loop().run_in_executor(
+                executor, run, handler.func, message, ctx
+            )
+    except TimeoutError as exc:
+        raise TimeoutError(
+            f"handler {handler.name} exceeded its timeout of {handler.timeout}s"
+        ) from exc
+
+
+async def settled(
+    done: Attempt, outcome: str, policy: RetryPolicy, *, now: datetime | None = None
+) -> None:
+    """After a failed attempt was settled: a tracked job is retrying, or failed for good."""
+    ctx, failed = done.tracked, done.decision
+    if ctx is None or not isinstance(failed, retry.Republish):
+        return
+    if outcome == "retry_scheduled":
+        due = (now or datetime.now(UTC)) + timedelta(seconds=policy.delay_for(ctx.attempt))
+        await status(ctx, "retrying", error=failed.error, next_attempt_at=timestamp(due))
+    elif outcome == "dead_lettered":
+        await status(ctx, "failed", reason=failed.reason, error=failed.error)
+
+
+async def status(ctx: Context, state: State, **fields: Any) -> None:
+    """Publish a tracked job's status through the context's publisher."""
+    if ctx.publisher is None:
+        return
+    batch = ctx.headers.get(wire.BATCH)
+    common: dict[str, Any] = {
+        "job_id": ctx.message_id,
+        "state": state,
+        "at": timestamp(),
+        "type": ctx.type,
+        "attempt": ctx.attempt,
+        "batch_id": batch if isinstance(batch, str) else None,
+    }
+    try:
+        event = JobStatus(**common, **fields)
+    except SchemaViolation as exc:  # a result reference too long, say: report the state
+        log.warning("status.invalid", state=state, error=str(exc))
+        event = JobStatus(**common)
+    await ctx.publisher.astatus(event)
