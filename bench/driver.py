@@ -27,6 +27,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     system = load(spec["system"], spec["url"], spec["tag"], spec.get("params") or {})
     started = time.monotonic()
+    if system.unavailable:
+        return {"status": "n/a", "why": system.unavailable, "wall_s": 0.0}
     try:
         system.declare()
         result = SCENARIOS[spec["scenario"]](system, spec["n"], spec.get("params") or {}, workdir)

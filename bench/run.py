@@ -44,6 +44,7 @@ DEFAULT_SIZES = {
     "publish_1": 5000,
     "publish_8": 5000,
     "publish_batch": 10000,
+    "publish_concurrent": 10000,
     "drain": 10000,
     "latency": 5000,
     "retry": 2000,

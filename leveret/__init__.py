@@ -5,6 +5,8 @@ The nouns: :class:`Message` (a typed, versioned payload), :class:`Topology`
 :class:`AsyncPublisher`, :class:`App` (handlers) and :class:`Worker`.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from leveret.consumers import App, Context, Outcome, Worker
 from leveret.errors import (
     BrokerUnavailable,
@@ -26,8 +28,22 @@ from leveret.errors import (
     Unroutable,
 )
 from leveret.messages import Message, Model
-from leveret.publisher import AsyncPublisher, Publisher
+from leveret.publisher.aio import AsyncPublisher
 from leveret.topology import Binding, Exchange, Queue, RetryPolicy, Topology
+
+if TYPE_CHECKING:
+    from leveret.publisher.sync import Publisher
+
+
+def __getattr__(name: str) -> Any:
+    # The blocking publisher (pika) loads on first use: a worker talks through
+    # aio-pika only, and pika would add to every worker's memory.
+    if name == "Publisher":
+        from leveret.publisher.sync import Publisher
+
+        return Publisher
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 

@@ -38,6 +38,7 @@ from leveret.topology import (
     delay_label,
     retry_binding,
     retry_exchange,
+    worker_needs,
 )
 
 log = structlog.get_logger(__name__)
@@ -156,17 +157,7 @@ def translate(
 
 def required(topology: Topology, queues: Sequence[str] | None = None) -> list[tuple[str, str]]:
     """What a worker of ``queues`` needs to exist, as ``(kind, name)`` pairs."""
-    names = topology.queue_names() if queues is None else list(queues)
-    needs: list[tuple[str, str]] = []
-    for name in names:
-        topology.queue(name)
-        needs += [
-            ("queue", name),
-            ("exchange", retry_exchange(name)),
-            ("exchange", dead_exchange(name)),
-            ("queue", dead_letter_queue(name)),
-        ]
-    return needs
+    return worker_needs(topology, queues)
 
 
 def verify(

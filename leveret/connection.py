@@ -16,16 +16,17 @@ import re
 import socket
 import ssl
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-
-import pika
-import pika.exceptions
 
 from leveret.errors import BrokerUnavailable, ConfigurationError
 
 DEFAULT_URL = "amqp://guest:guest@localhost:5672/"
 HEARTBEAT = 30
 """Seconds between heartbeats; handlers never run on the I/O thread, so they cannot starve it."""
+
+if TYPE_CHECKING:
+    import pika
 
 START_HINT = "start one with `rabbitmq-server -detached` or `docker compose up -d rabbitmq`"
 
@@ -126,6 +127,26 @@ def _first_arg_exception(exc: BaseException) -> BaseException | None:
     return None
 
 
+def parameters(
+    urls: str | Sequence[str], *, name: str = "leveret", attempts: int = 1
+) -> list[pika.URLParameters]:
+    """pika's connection parameters of each URL: heartbeat, name and TLS set."""
+    import pika
+
+    params = []
+    for url in split_urls(urls):
+        clean = without_tls_params(
+            with_query(url, heartbeat=HEARTBEAT, connection_attempts=attempts)
+        )
+        p = pika.URLParameters(clean)
+        p.client_properties = {"connection_name": name}
+        context = tls_context(url)
+        if context is not None:
+            p.ssl_options = pika.SSLOptions(context, server_hostname=urlsplit(url).hostname)
+        params.append(p)
+    return params
+
+
 def connect(
     urls: str | Sequence[str], *, name: str = "leveret", attempts: int = 1
 ) -> pika.BlockingConnection:
@@ -139,17 +160,11 @@ def connect(
     Raises:
         BrokerUnavailable: no node could be reached or the credentials were refused.
     """
-    params = []
-    for url in split_urls(urls):
-        clean = without_tls_params(
-            with_query(url, heartbeat=HEARTBEAT, connection_attempts=attempts)
-        )
-        p = pika.URLParameters(clean)
-        p.client_properties = {"connection_name": name}
-        context = tls_context(url)
-        if context is not None:
-            p.ssl_options = pika.SSLOptions(context, server_hostname=urlsplit(url).hostname)
-        params.append(p)
+    # Imported here: a worker talks through aio-pika only and need not load pika.
+    import pika
+    import pika.exceptions
+
+    params = parameters(urls, name=name, attempts=attempts)
     try:
         return pika.BlockingConnection(params)
     except pika.exceptions.ProbableAuthenticationError as exc:

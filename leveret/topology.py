@@ -25,6 +25,7 @@ count ``max_attempts`` has no binding and lands in ``Q.dlq``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -248,6 +249,25 @@ class Topology:
         if self.delayed:
             ops.extend(delay_declarations([e.name for e in self.exchanges]))
         return ops
+
+
+def worker_needs(topology: Topology, queues: Sequence[str] | None = None) -> list[tuple[str, str]]:
+    """What a worker of ``queues`` needs to exist, as ``(kind, name)`` pairs.
+
+    Raises:
+        ConfigurationError: a queue is not described.
+    """
+    names = topology.queue_names() if queues is None else list(queues)
+    needs: list[tuple[str, str]] = []
+    for name in names:
+        topology.queue(name)
+        needs += [
+            ("queue", name),
+            ("exchange", retry_exchange(name)),
+            ("exchange", dead_exchange(name)),
+            ("queue", dead_letter_queue(name)),
+        ]
+    return needs
 
 
 def queue_declarations(q: Queue) -> list[Declaration]:

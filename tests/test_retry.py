@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from leveret import DeadLetter, wire
 from leveret.errors import SchemaViolation
-from leveret.retry import encoded_size, failure, fit, truncate
+from leveret.retry import encoded_size, failure, fit, format_traceback, truncate
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -103,3 +103,40 @@ def test_fit_leaves_a_small_table_alone() -> None:
     headers = {wire.RETRY_COUNT: 1, "a": "b", "nested": {"x": [1, 2]}}
     fit(headers, 1000)
     assert headers == {wire.RETRY_COUNT: 1, "a": "b", "nested": {"x": [1, 2]}}
+
+
+def test_the_traceback_is_cheap_and_readable() -> None:
+    def inner() -> None:
+        raise ValueError("bad value")
+
+    try:
+        try:
+            inner()
+        except ValueError as exc:
+            raise TimeoutError("handler exceeded its timeout") from exc
+    except TimeoutError as exc:
+        text = format_traceback(exc)
+    assert text.startswith("Traceback (most recent call last):\n")
+    assert "line " in text and ", in inner\n" in text
+    assert '    raise ValueError("bad value")\n' in text  # the source line, as cached
+    assert "ValueError: bad value\n" in text
+    assert "direct cause of the following exception" in text
+    assert text.endswith("TimeoutError: handler exceeded its timeout\n")
+    assert "^" not in text  # no caret lines: no ast parse per frame
+
+
+def test_deep_tracebacks_keep_the_innermost_frames_within_4096_bytes() -> None:
+    def recurse(n: int) -> None:
+        if n == 0:
+            raise RuntimeError("at the bottom")
+        recurse(n - 1)
+
+    try:
+        recurse(200)
+    except RuntimeError as exc:
+        err = exc
+    assert "outer frames left out" in format_traceback(err)
+    h = failure(delivery(), "q", err, consumer="c", now=NOW).headers[wire.ERROR_TRACEBACK]
+    assert len(h.encode()) <= 4096
+    assert h.count(", in recurse\n") <= 40
+    assert h.endswith("RuntimeError: at the bottom\n")

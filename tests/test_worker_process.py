@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,6 +13,12 @@ from pathlib import Path
 from leveret.topology import dead_letter_queue
 from tests.apps import Task
 from tests.conftest import Pipeline
+
+
+def events(log: str) -> set[str]:
+    """The event names of a JSON log: every line must be a JSON object."""
+    return {json.loads(line)["event"] for line in log.splitlines() if line.strip()}
+
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,8 +65,7 @@ def test_sigterm_mid_handler_finishes_acks_and_exits_zero(
     assert not (tmp_path / "2.started").exists()
     assert pipeline.depth(pipeline.queue) == 1  # task 2 went back, unacked
     assert pipeline.depth(dead_letter_queue(pipeline.queue)) == 0
-    assert '"event": "message.processed"' in err
-    assert '"event": "worker.draining"' in err
+    assert {"message.processed", "worker.draining"} <= events(err)
 
 
 def test_unfinished_work_goes_back_when_the_grace_period_ends(
@@ -74,7 +80,7 @@ def test_unfinished_work_goes_back_when_the_grace_period_ends(
     finally:
         proc.kill()
     assert proc.returncode == 0, err
-    assert '"event": "worker.grace_expired"' in err
+    assert "worker.grace_expired" in events(err)
     assert pipeline.depth(pipeline.queue) == 1
 
 

@@ -18,6 +18,7 @@ SCENARIOS: dict[str, Scenario] = {
     "publish_1": publish.one_caller,
     "publish_8": publish.eight_callers,
     "publish_batch": publish.batch,
+    "publish_concurrent": publish.concurrent,
     "drain": drain.run,
     "latency": latency.run,
     "retry": retry.run,

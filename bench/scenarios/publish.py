@@ -1,7 +1,7 @@
-"""Publish throughput with confirms: single ``publish`` calls from one caller, from eight, and
-the system's batch or concurrent API. Callers are threads for a blocking API and asyncio tasks
-for an asyncio one. Connections are opened and warmed up (one message each) before the clock
-starts; afterwards every message is read back from the queue and counted by id.
+"""Publish throughput with confirms: single ``publish`` calls from one caller, from eight, the
+system's batch API, and many concurrent asyncio callers. Callers are threads for a blocking API
+and asyncio tasks for an asyncio one. Connections are opened and warmed up (one message each)
+before the clock starts; afterwards every message is read back from the queue and counted by id.
 """
 
 from __future__ import annotations
@@ -15,6 +15,9 @@ from typing import Any
 from bench import common
 from bench.systems import System
 
+WINDOW = 1000
+"""Unconfirmed messages in flight for a system whose batch API is a program of its own (Go)."""
+
 
 def one_caller(system: System, n: int, params: dict[str, Any], workdir: Path) -> dict[str, Any]:
     return _callers(system, n, 1)
@@ -27,11 +30,13 @@ def eight_callers(system: System, n: int, params: dict[str, Any], workdir: Path)
 def _callers(system: System, n: int, count: int) -> dict[str, Any]:
     payloads = common.make_payloads(system.tag, n, 200)
     lanes = [payloads[i::count] for i in range(count)]
-    elapsed = (
-        asyncio.run(_async_lanes(system, lanes))
-        if system.is_async
-        else _thread_lanes(system, lanes)
-    )
+    elapsed = system.publish_external(n, count, 1)
+    if elapsed is None:
+        elapsed = (
+            asyncio.run(_async_lanes(system, lanes))
+            if system.is_async
+            else _thread_lanes(system, lanes)
+        )
     return _verify(system, payloads, elapsed)
 
 
@@ -87,7 +92,10 @@ def batch(system: System, n: int, params: dict[str, Any], workdir: Path) -> dict
     if system.batch_api is None:
         return {"status": "n/a"}
     payloads = common.make_payloads(system.tag, n, 200)
-    if system.batch_async:
+    external = system.publish_external(n, 1, WINDOW)
+    if external is not None:
+        elapsed = external
+    elif system.batch_async:
         elapsed = asyncio.run(_async_batch(system, payloads))
     else:
         b = system.batcher()
@@ -100,8 +108,21 @@ def batch(system: System, n: int, params: dict[str, Any], workdir: Path) -> dict
     return result
 
 
-async def _async_batch(system: System, payloads: list[dict[str, Any]]) -> float:
-    b = await system.abatcher()
+def concurrent(system: System, n: int, params: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    """Many asyncio callers at once (up to 1000 awaiting), each waiting for its own confirm."""
+    if system.concurrent_api is None:
+        return {"status": "n/a"}
+    payloads = common.make_payloads(system.tag, n, 200)
+    elapsed = asyncio.run(_async_batch(system, payloads, concurrent=True))
+    result = _verify(system, payloads, elapsed)
+    result["api"] = system.concurrent_api
+    return result
+
+
+async def _async_batch(
+    system: System, payloads: list[dict[str, Any]], *, concurrent: bool = False
+) -> float:
+    b = await (system.aconcurrent() if concurrent else system.abatcher())
     start = time.perf_counter()
     await b.run(payloads)
     elapsed = time.perf_counter() - start

@@ -18,6 +18,7 @@ MODULES = {
     "dramatiq": "bench.systems.dramatiq_",
     "celery": "bench.systems.celery_",
     "faststream": "bench.systems.faststream_",
+    "go": "bench.systems.go_",
 }
 ALL = list(MODULES)
 
@@ -45,9 +46,14 @@ class System:
     is_async = False
     """True when the publishing API is asyncio (callers are then tasks, not threads)."""
     batch_api: str | None = None
+    """What the batch publish scenario uses, or None: the system has none."""
     batch_async = False
     """True when the batch API is asyncio (:meth:`abatcher`), else :meth:`batcher`."""
-    """What the batch/concurrent publish scenario uses, or None: the system has none."""
+    concurrent_api: str | None = None
+    """What the concurrent publish scenario uses (many asyncio callers at once, each awaiting
+    its own confirm: :meth:`aconcurrent`), or None: the system has no asyncio API."""
+    unavailable: str | None = None
+    """Why the system cannot run here (a missing toolchain), or None."""
     retry_api: str | None = None
     """How the retry scenario retries after 10 ms, or None: the system has no delayed retry."""
     consumer_desc = ""
@@ -91,6 +97,20 @@ class System:
     async def abatcher(self, warm: bool = True) -> Any:
         """The asyncio form of :meth:`batcher`: ``await .run(payloads)``, ``await .close()``."""
         raise NotImplementedError
+
+    async def aconcurrent(self, warm: bool = True) -> Any:
+        """Concurrent asyncio callers: ``await .run(payloads)``, ``await .close()``.
+
+        By default the batch API, for systems whose batch API is concurrent callers already.
+        """
+        return await self.abatcher(warm)
+
+    def publish_external(self, n: int, callers: int, window: int) -> float | None:
+        """Publish ``n`` payloads (ids ``<tag>-0000000`` ...) from a program of the system's own,
+        ``callers`` at once with ``window`` unconfirmed each; return the seconds taken, after
+        warm-up. None: the system publishes from Python (:meth:`caller`, :meth:`batcher`).
+        """
+        return None
 
     def prefill(self, payloads: list[dict[str, Any]]) -> None:
         """Put ``payloads`` in the work queue quickly (untimed, before a consumer starts)."""

@@ -61,6 +61,7 @@ class System(Base):
     is_async = True
     batch_async = True
     batch_api = f"{WINDOW} concurrent publish() calls on one confirm channel"
+    concurrent_api = batch_api
     retry_api = "by hand: republish to a 10 ms TTL queue, confirm, then ack"
 
     def __init__(self, url: str, tag: str, params: dict[str, Any]) -> None:

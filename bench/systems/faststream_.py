@@ -74,6 +74,7 @@ class System(Base):
     is_async = True
     batch_async = True
     batch_api = f"{WINDOW} concurrent broker.publish() calls"
+    concurrent_api = batch_api
     retry_api = None
     consumer_desc = "`FastStream.run`, default prefetch (unlimited), classic queue, pydantic model"
 

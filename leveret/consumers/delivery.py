@@ -7,6 +7,7 @@ dead-letter copy, and the :class:`Outcome` reported for each delivery.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -40,6 +41,85 @@ class Outcome:
 def delivery_tag(dm: aiormq.abc.DeliveredMessage) -> int:
     assert isinstance(dm.delivery, spec.Basic.Deliver)
     return int(dm.delivery.delivery_tag or 0)
+
+
+class Acks:
+    """The acks of one consuming channel, coalesced into ``basic.ack multiple=True``.
+
+    Deliveries whose handlers finish in the same pass of the event loop are
+    acked with one frame when that is safe: a multiple ack settles every
+    unsettled delivery up to its tag, so it covers only tags below the lowest
+    delivery still being processed. Acks above it go one by one. Nothing is
+    held back: the frames are written within the pass that settled the
+    deliveries, after the handlers returned, as before.
+
+    Every delivery on the channel must be registered with :meth:`delivered`
+    and leave through :meth:`ack` or :meth:`reject`.
+    """
+
+    def __init__(self, channel: aiormq.abc.AbstractChannel) -> None:
+        self.channel = channel
+        self._unsettled: set[int] = set()
+        self._gathering: list[int] | None = None
+        self._sent: asyncio.Future[None] | None = None
+        # Settling frames are written in the order they are decided: a multiple
+        # ack must never overtake a single ack or a reject of a tag it covers.
+        self._lock = asyncio.Lock()
+
+    def delivered(self, tag: int) -> None:
+        """Count a delivery as unsettled until it is acked or rejected."""
+        self._unsettled.add(tag)
+
+    async def reject(self, tag: int, *, requeue: bool) -> None:
+        """Reject a delivery at once (``basic.reject``)."""
+        async with self._lock:
+            self._unsettled.discard(tag)
+            await self.channel.basic_reject(tag, requeue=requeue)
+
+    async def ack(self, tag: int) -> None:
+        """Ack a processed delivery, with the others settled in this loop pass.
+
+        Raises:
+            aiormq.exceptions.ChannelInvalidStateError: the channel is closed; the
+                delivery will come back.
+        """
+        if self._gathering is not None:  # another delivery's ack is gathering: join it
+            self._gathering.append(tag)
+            assert self._sent is not None
+            await asyncio.shield(self._sent)
+            return
+        loop = asyncio.get_running_loop()
+        self._gathering, sent = [tag], loop.create_future()
+        self._sent = sent
+        try:
+            await asyncio.sleep(0)  # the deliveries settled in this pass join
+            tags, self._gathering = self._gathering, None
+            await self._send(tags)
+        except BaseException as exc:
+            if self._sent is sent:
+                self._gathering = None
+            if isinstance(exc, asyncio.CancelledError):
+                sent.cancel()
+            else:
+                sent.set_exception(exc)
+                sent.exception()  # marked as retrieved: this task raises it too
+            raise
+        sent.set_result(None)
+
+    async def _send(self, tags: list[int]) -> None:
+        async with self._lock:
+            await self._write(tags)
+
+    async def _write(self, tags: list[int]) -> None:
+        tags.sort()
+        self._unsettled.difference_update(tags)
+        # Tags below every delivery still in a handler can go in one frame.
+        floor = min(self._unsettled, default=None)
+        covered = [t for t in tags if floor is None or t < floor]
+        if covered:
+            await self.channel.basic_ack(covered[-1], multiple=len(covered) > 1, wait=False)
+        for tag in tags[len(covered) :]:
+            await self.channel.basic_ack(tag, wait=False)
 
 
 def to_delivery(dm: aiormq.abc.DeliveredMessage) -> wire.Delivery:
@@ -122,6 +202,10 @@ def report(
     }
     if failed:
         fields.update(reason=record.reason, error=record.error)
-    level = {"processed": log.info, "dead_lettered": log.error}.get(outcome, log.warning)
-    level(f"message.{outcome}", **fields)
+    if outcome == "processed":
+        log.info("message.processed", **fields)
+    elif outcome == "dead_lettered":
+        log.error("message.dead_lettered", **fields)
+    else:
+        log.warning(f"message.{outcome}", **fields)
     return record

@@ -28,12 +28,13 @@ import aiormq.abc
 import aiormq.exceptions
 import structlog
 from pamqp import commands as spec
-from structlog.contextvars import bound_contextvars
+from structlog.contextvars import bind_contextvars
 
-from leveret import admin, connection, retry, wire
+from leveret import connection, retry, wire
 from leveret.consumers.app import App, Handler
 from leveret.consumers.context import Context, HandlerPublisher
 from leveret.consumers.delivery import (
+    Acks,
     Outcome,
     context_for,
     delivery_tag,
@@ -53,7 +54,7 @@ from leveret.publisher.aio import CONNECTION_ERRORS, connect
 from leveret.publisher.core import PublisherCore
 from leveret.status.events import EXCHANGE as STATUS_EXCHANGE
 from leveret.status.events import JobStatus, State, timestamp
-from leveret.topology import RetryPolicy
+from leveret.topology import RetryPolicy, worker_needs
 
 log = structlog.get_logger(__name__)
 
@@ -114,6 +115,7 @@ class Worker:
         self._inflight: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._stop = asyncio.Event()
+        self._can_report = False  # set by _verify: the status exchange exists
 
     def stop(self) -> None:
         """Ask the worker to shut down gracefully (safe from a signal handler)."""
@@ -176,10 +178,11 @@ class Worker:
                 self._core, publish, asyncio.get_running_loop()
             )
             consume = await self._channel(conn, lost, prefetch=self.prefetch)
+            acks = Acks(consume)
             tags: list[str] = []
             for queue in self.queues:
                 ok = await consume.basic_consume(
-                    queue, self._deliver_to(queue, consume, publish), no_ack=False
+                    queue, self._deliver_to(queue, acks, publish), no_ack=False
                 )
                 tags.append(str(ok.consumer_tag))
             await self._check_consumers(check)
@@ -225,19 +228,17 @@ class Worker:
 
     async def _verify(self, conn: aio_pika.abc.AbstractConnection) -> None:
         missing = []
-        needed = admin.required(self.app.topology, self.queues)
-        if self.app.tracks(self.queues):
+        tracks = self.app.tracks(self.queues)
+        needed = worker_needs(self.app.topology, self.queues)
+        if tracks:
             needed.append(("exchange", STATUS_EXCHANGE))
         for kind, name in needed:
-            ch = await (await conn.channel()).get_underlay_channel()
-            try:
-                if kind == "queue":
-                    await ch.queue_declare(name, passive=True)
-                else:
-                    await ch.exchange_declare(name, passive=True)
-                await ch.close()
-            except aiormq.exceptions.ChannelNotFoundEntity:
+            if not await _exists(conn, kind, name):
                 missing.append(f"{kind} {name!r}")
+        # Tracked handlers need the status exchange. Batch members on other
+        # queues report to it when it exists: publishing to a missing exchange
+        # would close the channel the worker settles on.
+        self._can_report = tracks or await _exists(conn, "exchange", STATUS_EXCHANGE)
         if missing:
             raise TopologyMissing(
                 "missing on the broker: " + ", ".join(missing) + "; run `leveret topology apply`"
@@ -285,20 +286,22 @@ class Worker:
     def _deliver_to(
         self,
         queue: str,
-        consume: aiormq.abc.AbstractChannel,
+        acks: Acks,
         publish: aiormq.abc.AbstractChannel,
     ) -> Callable[[aiormq.abc.DeliveredMessage], Coroutine[Any, Any, None]]:
         async def on_message(dm: aiormq.abc.DeliveredMessage) -> None:
+            # aiormq runs each delivery in a task of its own.
             tag = delivery_tag(dm)
+            acks.delivered(tag)
             if self._stopping:
-                await consume.basic_reject(tag, requeue=True)
+                await acks.reject(tag, requeue=True)
                 return
             task = asyncio.current_task()
             assert task is not None
             self._inflight.add(task)
             try:
                 async with self._slots:
-                    await self._process(queue, dm, consume, publish)
+                    await self._process(queue, dm, acks, publish)
             finally:
                 self._inflight.discard(task)
 
@@ -308,56 +311,62 @@ class Worker:
         self,
         queue: str,
         dm: aiormq.abc.DeliveredMessage,
-        consume: aiormq.abc.AbstractChannel,
+        acks: Acks,
         publish: aiormq.abc.AbstractChannel,
     ) -> None:
         delivery = to_delivery(dm)
         start = time.perf_counter()
-        with bound_contextvars(
-            message_id=delivery.message_id, queue=queue, attempt=delivery.attempt
-        ):
-            decision: retry.Decision
-            policy = self.app.topology.queue(queue).retry
-            tracked: Context | None = None
-            try:
-                handler, message = self.app.resolve(queue, delivery, max_size=self.max_size)
-                ctx = context_for(queue, delivery, message, self._handler_publisher)
-                if handler.track:
-                    tracked = ctx
-                    await _status(ctx, "started")
-                result = await self._call(handler, message, ctx)
-                if tracked:
-                    # Before the ack: a crash in between repeats the task, never
-                    # leaves a finished job looking unfinished.
-                    await _status(
-                        ctx, "succeeded", result=result if isinstance(result, str) else None
-                    )
-                decision = retry.Ack()
-            except Exception as exc:  # every failure is settled, never raised
-                decision = retry.failure(
-                    delivery,
-                    queue,
-                    exc,
-                    consumer=f"{queue}@{self.identity}",
-                    max_attempts=policy.max_attempts,
+        # The delivery's task has a context of its own (a copy of the reader's),
+        # so what is bound here ends with the task: nothing to unbind.
+        bind_contextvars(message_id=delivery.message_id, queue=queue, attempt=delivery.attempt)
+        decision: retry.Decision
+        policy = self.app.topology.queue(queue).retry
+        tracked: Context | None = None
+        try:
+            handler, message = self.app.resolve(queue, delivery, max_size=self.max_size)
+            ctx = context_for(queue, delivery, message, self._handler_publisher)
+            member = isinstance(delivery.headers.get(wire.BATCH), str)
+            if handler.track or (member and self._can_report):
+                tracked = ctx
+                await _status(ctx, "started")
+            elif member:
+                log.error(
+                    "status.batch_member_unreported",
+                    hint=f"no {STATUS_EXCHANGE!r} exchange: apply a tracked app's topology",
                 )
-            outcome = await self._settle(dm, decision, consume, publish)
-            if tracked and isinstance(decision, retry.Republish):
-                await _failed(tracked, decision, outcome, policy)
-            record = report(queue, delivery, decision, outcome, time.perf_counter() - start)
-            if self.on_outcome is not None:
-                self.on_outcome(record)
+            result = await self._call(handler, message, ctx)
+            if tracked:
+                # Before the ack: a crash in between repeats the task, never
+                # leaves a finished job looking unfinished.
+                await _status(ctx, "succeeded", result=result if isinstance(result, str) else None)
+            decision = retry.Ack()
+        except Exception as exc:  # every failure is settled, never raised
+            decision = retry.failure(
+                delivery,
+                queue,
+                exc,
+                consumer=f"{queue}@{self.identity}",
+                max_attempts=policy.max_attempts,
+            )
+        outcome = await self._settle(dm, decision, acks, publish)
+        if tracked and isinstance(decision, retry.Republish):
+            await _failed(tracked, decision, outcome, policy)
+        record = report(queue, delivery, decision, outcome, time.perf_counter() - start)
+        if self.on_outcome is not None:
+            self.on_outcome(record)
 
     async def _call(self, handler: Handler, message: Message, ctx: Context) -> object:
         try:
-            if handler.is_async:
-                return await asyncio.wait_for(handler.func(message, ctx), handler.timeout)  # type: ignore[arg-type]
-            # copy_context: the handler's log lines keep the delivery's bound context.
-            call = contextvars.copy_context().run
-            future = asyncio.get_running_loop().run_in_executor(
-                self._executor, call, handler.func, message, ctx
-            )
-            return await asyncio.wait_for(future, handler.timeout)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for wraps the
+            # coroutine in one more task per call.
+            async with asyncio.timeout(handler.timeout):
+                if handler.is_async:
+                    return await handler.func(message, ctx)  # type: ignore[misc]
+                # copy_context: the handler's log lines keep the delivery's bound context.
+                call = contextvars.copy_context().run
+                return await asyncio.get_running_loop().run_in_executor(
+                    self._executor, call, handler.func, message, ctx
+                )
         except TimeoutError as exc:
             raise TimeoutError(
                 f"handler {handler.name} exceeded its timeout of {handler.timeout}s"
@@ -367,13 +376,13 @@ class Worker:
         self,
         dm: aiormq.abc.DeliveredMessage,
         decision: retry.Decision,
-        consume: aiormq.abc.AbstractChannel,
+        acks: Acks,
         publish: aiormq.abc.AbstractChannel,
     ) -> str:
         tag = delivery_tag(dm)
         try:
             if isinstance(decision, retry.Ack):
-                await consume.basic_ack(tag)
+                await acks.ack(tag)
                 return decision.outcome
             confirmed = False
             try:
@@ -388,35 +397,49 @@ class Worker:
             except (aiormq.exceptions.DeliveryError, aiormq.exceptions.ChannelClosed) as exc:
                 log.error("message.republish_failed", error=str(exc), exchange=decision.exchange)
             if confirmed:
-                await consume.basic_ack(tag)
+                await acks.ack(tag)
                 return decision.outcome
             # Never ack a message whose copy the broker did not take: rejecting
             # it sends it down the queue's own dead-letter exchange instead.
-            await consume.basic_reject(tag, requeue=False)
+            await acks.reject(tag, requeue=False)
             return "dead_lettered"
         except (*CONNECTION_ERRORS, aiormq.exceptions.AMQPError) as exc:
             log.warning("message.settle_failed", error=str(exc) or type(exc).__name__)
             return "redelivery_pending"
 
 
+async def _exists(conn: aio_pika.abc.AbstractConnection, kind: str, name: str) -> bool:
+    """Whether a queue or exchange exists (a passive declare, on a channel of its own)."""
+    ch = await (await conn.channel()).get_underlay_channel()
+    try:
+        if kind == "queue":
+            await ch.queue_declare(name, passive=True)
+        else:
+            await ch.exchange_declare(name, passive=True)
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        return False
+    await ch.close()
+    return True
+
+
 async def _status(ctx: Context, state: State, **fields: Any) -> None:
     """Publish a tracked job's status, on the worker's confirm channel."""
     if ctx.publisher is None:
         return
+    batch = ctx.headers.get(wire.BATCH)
+    common: dict[str, Any] = {
+        "job_id": ctx.message_id,
+        "state": state,
+        "at": timestamp(),
+        "type": ctx.type,
+        "attempt": ctx.attempt,
+        "batch_id": batch if isinstance(batch, str) else None,
+    }
     try:
-        event = JobStatus(
-            job_id=ctx.message_id,
-            state=state,
-            at=timestamp(),
-            type=ctx.type,
-            attempt=ctx.attempt,
-            **fields,
-        )
+        event = JobStatus(**common, **fields)
     except SchemaViolation as exc:  # a result reference too long, say: report the state
         log.warning("status.invalid", state=state, error=str(exc))
-        event = JobStatus(
-            job_id=ctx.message_id, state=state, at=timestamp(), type=ctx.type, attempt=ctx.attempt
-        )
+        event = JobStatus(**common)
     await ctx.publisher.astatus(event)
 
 

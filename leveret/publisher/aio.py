@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any
@@ -206,6 +206,44 @@ class AsyncPublisher(PublisherCore):
         )
         await self.send(env)
         return env.message_id
+
+    async def publish_many(
+        self,
+        messages: Iterable[Message],
+        *,
+        exchange: str | None = None,
+        routing_key: str | None = None,
+        correlation_id: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        delay: timedelta | None = None,
+        at: datetime | None = None,
+    ) -> list[str]:
+        """Publish messages together: send them all, then wait for all their confirms.
+
+        Takes the same arguments, returns and raises the same as
+        :meth:`leveret.publisher.Publisher.publish_many`.
+        """
+        envs = [
+            self.envelope(
+                m,
+                exchange=exchange,
+                routing_key=routing_key,
+                correlation_id=correlation_id,
+                headers=headers,
+                delay=delay,
+                at=at,
+            )
+            for m in messages
+        ]
+        await self.send_many(envs)
+        return [env.message_id for env in envs]
+
+    async def send_many(self, envs: Sequence[wire.Envelope]) -> None:
+        """Publish ready envelopes with their confirms pipelined; raise the first error."""
+        results = await asyncio.gather(*(self.send(env) for env in envs), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def send(self, env: wire.Envelope) -> None:
         """Publish a ready envelope with confirms, reconnecting as needed."""

@@ -1,24 +1,34 @@
-"""The blocking publisher, on pika, for threaded web apps (Flask, Django)."""
+"""The blocking publisher, on pika, for threaded web apps (Flask, Django).
+
+One connection per :class:`Publisher`, owned by an I/O thread that runs pika's
+``SelectConnection``. A caller hands its messages to that thread and waits for
+their confirms only: many threads publishing at once, or one thread calling
+:meth:`Publisher.publish_many`, have their confirms pipelined on one channel
+instead of waiting for each other's round trips. The same thread sends the
+heartbeats of an idle connection.
+"""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
 
 import pika
 import pika.exceptions
+import pika.spec
 import structlog
-from pika.adapters.blocking_connection import BlockingChannel
 
 from leveret import connection, wire
 from leveret.errors import (
     AccessRefused,
     BrokerUnavailable,
+    LeveretError,
     NotConfirmed,
     TopologyMissing,
     Unroutable,
@@ -34,14 +44,12 @@ from leveret.publisher.core import (
 
 log = structlog.get_logger(__name__)
 
+OPEN_TIMEOUT = 15.0
+"""Seconds to open a connection and its confirm channel before trying again."""
+_CLOSE_TIMEOUT = 5.0
 _KEEPALIVE = connection.HEARTBEAT / 3
-_CONNECTION_ERRORS = (
-    pika.exceptions.AMQPConnectionError,
-    pika.exceptions.ConnectionWrongStateError,
-    pika.exceptions.ChannelWrongStateError,
-    pika.exceptions.StreamLostError,
-    OSError,
-)
+_REPUBLISH_LIMIT = 3
+"""Times a message is republished after a channel closed over another message's error."""
 
 
 def pika_properties(env: wire.Envelope, app_id: str | None = None) -> pika.BasicProperties:
@@ -58,12 +66,381 @@ def pika_properties(env: wire.Envelope, app_id: str | None = None) -> pika.Basic
     )
 
 
+class _Lost(Exception):
+    """The connection went away before the confirm: publish again, with the same id."""
+
+
+class _Pending:
+    """One message on its way: what to send, and its confirm once it came."""
+
+    __slots__ = ("baton", "done", "env", "error", "event", "properties", "republished", "returned")
+
+    def __init__(self, env: wire.Envelope, properties: pika.BasicProperties) -> None:
+        self.env = env
+        self.properties = properties
+        self.done = False
+        self.error: BaseException | None = None
+        # Made when a thread first sleeps on it: set when done, or when handed the pump.
+        self.event: threading.Event | None = None
+        self.baton = False
+        self.returned = False
+        self.republished = 0
+
+    def again(self) -> _Pending:
+        return _Pending(self.env, self.properties)
+
+
+class _Link:
+    """One connection and its confirm channel, driven by the threads that wait on it.
+
+    pika's ``SelectConnection`` is not thread-safe, so one thread at a time
+    "pumps" it (holds ``_pump`` and runs its I/O loop) until its own messages are
+    confirmed, settling everyone else's confirms on the way; then it hands the
+    pump to a waiting thread. A lone caller thus does its own I/O, as with a
+    ``BlockingConnection``, while concurrent callers share one channel with
+    their confirms pipelined. A daemon thread pumps now and then while nobody
+    publishes, for the heartbeats.
+
+    Every ``_on_*`` and ``_io_*`` method runs on the pumping thread.
+    """
+
+    def __init__(self, params: list[pika.URLParameters]) -> None:
+        self.params = params
+        self.closed = False
+        self._state = threading.Lock()
+        self._pump = threading.Lock()
+        self._sleepers: collections.deque[_Pending] = collections.deque()
+        self._inbox: collections.deque[_Pending] = collections.deque()
+        self._unconfirmed: dict[int, _Pending] = {}
+        self._seq = 0
+        self._conn: pika.SelectConnection | None = None
+        self._channel: Any = None
+        self._opening = False
+        self._opened = False
+        self._loop_closed = False
+        self._error: BaseException | None = None
+
+    # --- the callers' side ---------------------------------------------------------------
+
+    def open(self) -> None:
+        """Connect to the first node that answers and open the confirm channel.
+
+        Raises:
+            _Lost: no node answered.
+        """
+        for params in self.params:
+            self._error = None
+            conn = pika.SelectConnection(
+                params,
+                on_open_callback=self._on_open,
+                on_open_error_callback=self._on_open_error,
+                on_close_callback=self._on_closed,
+            )
+            self._conn = conn
+            timer = conn.ioloop.call_later(OPEN_TIMEOUT, self._on_open_timeout)
+            conn.ioloop.start()  # until the channel is ready, or the connection failed
+            conn.ioloop.remove_timeout(timer)
+            if self._error is None and self._channel is not None:
+                self._opened = True
+                conn.ioloop.activate_poller()  # from now on, callers poll it
+                threading.Thread(
+                    target=self._keep_alive, name="leveret-publisher-heartbeat", daemon=True
+                ).start()
+                return
+            _discard(conn)
+        self.closed = True
+        raise _Lost(str(self._error) or type(self._error).__name__)
+
+    def submit(self, items: Sequence[_Pending]) -> None:
+        """Queue messages for the channel; :meth:`wait` sees them confirmed."""
+        with self._state:
+            if self.closed:
+                raise _Lost("connection closed")
+            self._inbox.extend(items)
+            assert self._conn is not None
+            if self._pump.locked():
+                # Wake the thread in the I/O loop to publish them. Otherwise the
+                # caller publishes them itself when it takes the pump in wait().
+                self._conn.ioloop.add_callback_threadsafe(self._io_drain)
+
+    def wait(self, item: _Pending) -> None:
+        """Return once ``item`` is confirmed or failed, pumping the connection when free."""
+        while not item.done:
+            if self._pump.acquire(blocking=False):
+                try:
+                    self._pump_until(item)
+                finally:
+                    self._pump.release()
+                    self._hand_over()
+                continue
+            with self._state:
+                if item.done:
+                    break
+                if item.event is None:
+                    item.event = threading.Event()
+                event = item.event
+                event.clear()
+                item.baton = False
+                self._sleepers.append(item)
+            if self._pump.locked() and not item.done:
+                # The pumping thread settles this item or hands the pump over.
+                event.wait(_KEEPALIVE)
+            with self._state, contextlib.suppress(ValueError):
+                self._sleepers.remove(item)
+            if item.done and item.baton:
+                self._hand_over()  # given the pump, but no longer needs it
+
+    def close(self) -> None:
+        """Close the connection, waiting (briefly) for a thread still pumping it."""
+        if not self._pump.acquire(timeout=_CLOSE_TIMEOUT):
+            return
+        try:
+            conn = self._conn
+            if conn is None or self.closed:
+                return
+            if conn.is_open:
+                conn.close()
+            deadline = time.monotonic() + _CLOSE_TIMEOUT
+            while not self.closed and time.monotonic() < deadline:
+                conn.ioloop.poll()
+                conn.ioloop.process_timeouts()
+            self._close_loop()
+        finally:
+            self._pump.release()
+            self._hand_over()
+
+    def _pump_until(self, item: _Pending) -> None:
+        assert self._conn is not None
+        ioloop = self._conn.ioloop
+        self._io_drain()
+        while not item.done and not self.closed:
+            ioloop.poll()
+            ioloop.process_timeouts()
+            if self._inbox:
+                self._io_drain()
+        if self.closed:
+            self._close_loop()
+
+    def _close_loop(self) -> None:
+        # Only by a thread holding the pump, once the connection is gone: the
+        # loop holds file descriptors (its poller and its wake-up socket pair).
+        if self._loop_closed or self._conn is None:
+            return
+        self._loop_closed = True
+        with contextlib.suppress(Exception):
+            self._conn.ioloop.deactivate_poller()
+            self._conn.ioloop.close()
+
+    def _hand_over(self) -> None:
+        """Wake one thread whose message is still on its way, to pump in its turn."""
+        with self._state:
+            while self._sleepers:
+                sleeper = self._sleepers.popleft()
+                if not sleeper.done and sleeper.event is not None:
+                    sleeper.baton = True
+                    sleeper.event.set()
+                    return
+
+    def _keep_alive(self) -> None:
+        # Nobody polls an idle connection: without this, no heartbeats are sent
+        # and a broker that went away goes unnoticed until the next publish.
+        while not self.closed:
+            time.sleep(_KEEPALIVE)
+            if self.closed or not self._pump.acquire(blocking=False):
+                continue
+            try:
+                assert self._conn is not None
+                self._conn.ioloop.add_callback_threadsafe(_nothing)  # poll returns at once
+                self._conn.ioloop.poll()
+                self._conn.ioloop.process_timeouts()
+            except Exception as exc:  # a broken loop: the next publish reconnects
+                log.debug("publisher.keepalive_failed", error=type(exc).__name__)
+                self._fail_all(_Lost(str(exc)))
+            finally:
+                if self.closed:
+                    self._close_loop()
+                self._pump.release()
+                self._hand_over()
+
+    # --- opening -------------------------------------------------------------------------
+
+    def _on_open(self, conn: pika.SelectConnection) -> None:
+        self._opening = True
+        conn.channel(on_open_callback=self._on_channel)
+
+    def _on_channel(self, channel: Any) -> None:
+        channel.add_on_return_callback(self._on_return)
+        channel.add_on_close_callback(self._on_channel_closed)
+        channel.confirm_delivery(self._on_confirm, callback=lambda _frame: self._ready(channel))
+
+    def _ready(self, channel: Any) -> None:
+        self._channel, self._seq, self._opening = channel, 0, False
+        if not self._opened:  # open() runs the loop until now
+            assert self._conn is not None
+            self._conn.ioloop.stop()
+        else:
+            self._io_drain()
+
+    def _on_open_error(self, conn: pika.SelectConnection, exc: BaseException) -> None:
+        self._error = exc
+        conn.ioloop.stop()
+
+    def _on_open_timeout(self) -> None:
+        self._error = TimeoutError(f"no confirm channel within {OPEN_TIMEOUT}s")
+        assert self._conn is not None
+        self._conn.ioloop.stop()
+
+    # --- the pumping thread --------------------------------------------------------------
+
+    def _io_drain(self) -> None:
+        channel = self._channel
+        if channel is None or not channel.is_open:
+            self._io_reopen()
+            return
+        inbox, unconfirmed = self._inbox, self._unconfirmed
+        while inbox:
+            item = inbox.popleft()
+            env = item.env
+            try:
+                channel.basic_publish(
+                    env.exchange, env.routing_key, env.body, item.properties, mandatory=True
+                )
+            except (pika.exceptions.AMQPError, OSError) as exc:
+                inbox.appendleft(item)
+                log.debug("publisher.publish_failed", error=type(exc).__name__)
+                return  # the close callbacks settle or republish what is left
+            self._seq += 1
+            unconfirmed[self._seq] = item
+
+    def _io_reopen(self) -> None:
+        conn = self._conn
+        if self._opening or conn is None or not conn.is_open:
+            return
+        self._opening = True
+        conn.channel(on_open_callback=self._on_channel)
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        nacked = isinstance(method, pika.spec.Basic.Nack)
+        tag = method.delivery_tag
+        unconfirmed = self._unconfirmed
+        if method.multiple:
+            done = [t for t in unconfirmed if t <= tag]
+        else:
+            done = [tag] if tag in unconfirmed else []
+        for t in done:
+            item = unconfirmed.pop(t)
+            if nacked:
+                _settle(item, NotConfirmed(f"broker nacked message {item.env.message_id}"))
+            elif item.returned:
+                _settle(item, Unroutable(unroutable(item.env)))
+            else:
+                _settle(item, None)
+
+    def _on_return(self, _channel: Any, _method: Any, properties: Any, _body: bytes) -> None:
+        # The broker sends basic.return before the basic.ack of the same message.
+        for item in self._unconfirmed.values():
+            if item.env.message_id == properties.message_id and not item.returned:
+                item.returned = True
+                return
+
+    def _on_channel_closed(self, channel: Any, reason: BaseException) -> None:
+        if channel is self._channel:
+            self._channel = None
+        self._opening = False
+        items = list(self._unconfirmed.values())
+        self._unconfirmed.clear()
+        again: list[_Pending] = []
+        for item in items:
+            error = _channel_error(item, reason)
+            if error is None and item.republished < _REPUBLISH_LIMIT:
+                # Another message's error closed the channel: this one was
+                # dropped with it, so it goes out again on the next channel.
+                item.republished += 1
+                again.append(item)
+            else:
+                _settle(item, error or _closed_error(item, reason))
+        self._inbox.extendleft(reversed(again))
+        if not self._opened:
+            self._error = reason
+            assert self._conn is not None
+            self._conn.ioloop.stop()
+        elif self._inbox:
+            self._io_reopen()
+
+    def _on_closed(self, conn: pika.SelectConnection, reason: BaseException) -> None:
+        self._error = self._error or reason
+        if not self._opened:
+            conn.ioloop.stop()
+            return
+        self._fail_all(_Lost(str(reason)))
+
+    def _fail_all(self, error: BaseException) -> None:
+        with self._state:
+            self.closed = True
+            left = [*self._unconfirmed.values(), *self._inbox]
+            self._unconfirmed.clear()
+            self._inbox.clear()
+        for item in left:
+            _settle(item, error)
+
+
+def _nothing() -> None:
+    pass
+
+
+def _discard(conn: pika.SelectConnection) -> None:
+    """Close a connection that failed to open, and its loop (the loop holds file descriptors)."""
+    if not conn.is_closed:
+        try:
+            conn.close()
+        except Exception:  # closing what failed to open: nothing more to do
+            pass
+        else:
+            timer = conn.ioloop.call_later(_CLOSE_TIMEOUT, conn.ioloop.stop)
+            conn.ioloop.start()  # until _on_closed stops it
+            conn.ioloop.remove_timeout(timer)
+    with contextlib.suppress(Exception):
+        conn.ioloop.close()
+
+
+def _channel_error(item: _Pending, reason: BaseException) -> LeveretError | _Lost | None:
+    """The error a closed channel means for a message, or None: it was not the cause."""
+    if not isinstance(reason, pika.exceptions.ChannelClosedByBroker):
+        return _Lost(str(reason))
+    names_it = f"'{item.env.exchange}'" in reason.reply_text
+    if reason.reply_code == 404:
+        return TopologyMissing(missing_exchange(item.env)) if names_it else None
+    if reason.reply_code == 403:
+        return AccessRefused.from_reply(reason.reply_text) if names_it else None
+    return NotConfirmed(f"channel closed by broker: {reason.reply_text}")
+
+
+def _closed_error(item: _Pending, reason: BaseException) -> LeveretError:
+    if isinstance(reason, pika.exceptions.ChannelClosedByBroker):
+        if reason.reply_code == 404:
+            return TopologyMissing(missing_exchange(item.env))
+        if reason.reply_code == 403:
+            return AccessRefused.from_reply(reason.reply_text)
+    return NotConfirmed(f"channel closed: {reason}")
+
+
+def _settle(item: _Pending, error: BaseException | None) -> None:
+    if item.done:
+        return
+    item.error = error
+    item.done = True
+    event = item.event  # read after done: a thread that made it after sees done
+    if event is not None:
+        event.set()
+
+
 class Publisher(PublisherCore):
     """Publish messages with confirms; safe to share between threads.
 
-    pika connections are not thread-safe, so one lock guards the connection:
-    each :meth:`publish` holds it until the broker confirmed. A daemon thread
-    services heartbeats while the publisher is idle.
+    An I/O thread owns the connection; threads that publish at once have their
+    confirms pipelined on its channel, and :meth:`publish_many` sends a whole
+    batch before it waits for the confirms.
 
     Args:
         urls: the broker URL, or several (a cluster's nodes).
@@ -84,10 +461,7 @@ class Publisher(PublisherCore):
             urls, max_size=max_size, reconnect_timeout=reconnect_timeout, app_id=app_id
         )
         self._lock = threading.Lock()
-        self._conn: pika.BlockingConnection | None = None
-        self._channel: BlockingChannel | None = None
-        self._closed = threading.Event()
-        self._keeper: threading.Thread | None = None
+        self._link: _Link | None = None
 
     def __enter__(self) -> Publisher:
         return self
@@ -148,90 +522,122 @@ class Publisher(PublisherCore):
         self.send(env)
         return env.message_id
 
+    def publish_many(
+        self,
+        messages: Iterable[Message],
+        *,
+        exchange: str | None = None,
+        routing_key: str | None = None,
+        correlation_id: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        delay: timedelta | None = None,
+        at: datetime | None = None,
+    ) -> list[str]:
+        """Publish messages together: send them all, then wait for all their confirms.
+
+        Every message is checked (envelope, size) before any is sent. Takes the
+        arguments of :meth:`publish` but ``message_id`` (each message gets its own).
+
+        Returns:
+            The message ids, in the order of ``messages``.
+
+        Raises:
+            The first error of :meth:`publish` that any message met; the other
+            messages were still sent and confirmed.
+        """
+        envs = [
+            self.envelope(
+                m,
+                exchange=exchange,
+                routing_key=routing_key,
+                correlation_id=correlation_id,
+                headers=headers,
+                delay=delay,
+                at=at,
+            )
+            for m in messages
+        ]
+        self.send_many(envs)
+        return [env.message_id for env in envs]
+
     def send(self, env: wire.Envelope) -> None:
         """Publish a ready envelope with confirms, reconnecting as needed."""
-        properties = pika_properties(env, self.app_id)
+        self.send_many([env])
+
+    def send_many(self, envs: Sequence[wire.Envelope]) -> None:
+        """Publish ready envelopes, then wait for every confirm, reconnecting as needed.
+
+        A message whose connection was lost before its confirm is published
+        again with the same id: a duplicate is possible, a loss is not.
+        """
+        items = [_Pending(env, pika_properties(env, self.app_id)) for env in envs]
         deadline = time.monotonic() + self.reconnect_timeout
         delay = 0.1
-        with self._lock:
-            while True:
-                try:
-                    channel = self._ensure_channel()
-                    channel.basic_publish(
-                        env.exchange, env.routing_key, env.body, properties, mandatory=True
-                    )
-                    break
-                except pika.exceptions.UnroutableError as exc:
-                    raise Unroutable(unroutable(env)) from exc
-                except pika.exceptions.NackError as exc:
-                    raise NotConfirmed(f"broker nacked message {env.message_id}") from exc
-                except pika.exceptions.ChannelClosedByBroker as exc:
-                    self._channel = None
-                    if exc.reply_code == 404:
-                        raise TopologyMissing(missing_exchange(env)) from exc
-                    if exc.reply_code == 403:
-                        raise AccessRefused.from_reply(exc.reply_text) from exc
-                    raise NotConfirmed(f"channel closed by broker: {exc.reply_text}") from exc
-                except _CONNECTION_ERRORS as exc:
-                    self._drop()
-                    if time.monotonic() + delay > deadline:
-                        raise BrokerUnavailable(connection.unreachable(self.urls)) from exc
-                    log.warning(
-                        "publisher.reconnecting", error=type(exc).__name__, retry_in=round(delay, 2)
-                    )
-                    time.sleep(delay)
-                    delay = min(delay * 2, 2.0)
-        log.debug(
-            "message.published",
-            message_id=env.message_id,
-            type=env.type,
-            exchange=env.exchange,
-            routing_key=env.routing_key,
-        )
+        first_error: LeveretError | None = None
+        while items:
+            link: _Link | None = None
+            lost: list[_Pending] = items
+            cause: BaseException | None = None
+            try:
+                link = self._connected()
+                link.submit(items)
+                lost = []
+                for item in items:
+                    link.wait(item)
+                    if isinstance(item.error, _Lost):
+                        lost.append(item)
+                        cause = item.error
+                    elif isinstance(item.error, LeveretError):
+                        first_error = first_error or item.error
+            except _Lost as exc:
+                cause = exc
+            if not lost:
+                break
+            self._drop(link)
+            if time.monotonic() + delay > deadline:
+                raise BrokerUnavailable(connection.unreachable(self.urls)) from cause
+            log.warning(
+                "publisher.reconnecting",
+                error=type(cause).__name__ if cause else "_Lost",
+                retry_in=round(delay, 2),
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+            items = [item.again() for item in lost]
+        if first_error is not None:
+            raise first_error
+        for env in envs:
+            log.debug(
+                "message.published",
+                message_id=env.message_id,
+                type=env.type,
+                exchange=env.exchange,
+                routing_key=env.routing_key,
+            )
 
     def close(self) -> None:
         """Close the connection; the publisher reconnects if used again."""
-        self._closed.set()
         with self._lock:
-            self._drop()
+            link, self._link = self._link, None
+        if link is not None:
+            link.close()
 
-    def _ensure_channel(self) -> BlockingChannel:
-        if self._channel is not None and self._channel.is_open:
-            return self._channel
-        if self._conn is None or not self._conn.is_open:
-            try:
-                self._conn = connection.connect(self.urls, name="leveret-publisher")
-            except BrokerUnavailable as exc:
-                # Retried by send() until the deadline, like a dropped connection.
-                raise pika.exceptions.AMQPConnectionError(str(exc)) from exc
-            self._start_keeper()
-        self._channel = self._conn.channel()
-        self._channel.confirm_delivery()
-        return self._channel
+    def _connected(self) -> _Link:
+        link = self._link
+        if link is not None and not link.closed:
+            return link
+        with self._lock:  # one thread connects; the others wait for its link
+            if self._link is None or self._link.closed:
+                fresh = _Link(connection.parameters(self.urls, name="leveret-publisher"))
+                fresh.open()
+                self._link = fresh
+            return self._link
 
-    def _drop(self) -> None:
-        conn, self._conn, self._channel = self._conn, None, None
-        if conn is not None and conn.is_open:
-            with contextlib.suppress(*_CONNECTION_ERRORS):
-                conn.close()
-
-    def _start_keeper(self) -> None:
-        if self._keeper is None or not self._keeper.is_alive():
-            self._closed.clear()
-            self._keeper = threading.Thread(
-                target=self._keep_alive, name="leveret-publisher-heartbeat", daemon=True
-            )
-            self._keeper.start()
-
-    def _keep_alive(self) -> None:
-        # An idle BlockingConnection sends no heartbeats unless someone calls into
-        # it; without this the broker would drop a quiet web app's connection.
-        while not self._closed.wait(_KEEPALIVE):
-            with self._lock:
-                if self._conn is None:
-                    return
-                try:
-                    self._conn.process_data_events(0)
-                except _CONNECTION_ERRORS:
-                    self._drop()
-                    return
+    def _drop(self, link: _Link | None) -> None:
+        # Only the link that failed is dropped; another thread may have made a
+        # new one meanwhile.
+        with self._lock:
+            if link is None or link is not self._link:
+                return
+            self._link = None
+        link.close()
