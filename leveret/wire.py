@@ -32,6 +32,8 @@ ORIGINAL_EXCHANGE = "leveret-original-exchange"
 ORIGINAL_ROUTING_KEY = "leveret-original-routing-key"
 
 DROPPED_HEADERS = "leveret-dropped-headers"
+BATCH = "leveret-batch-id"
+"""Set on each member of a batch: the batch's job id (see leveret.status)."""
 """Names of application headers left out of a retry copy to keep it within a frame."""
 
 DEFAULT_MAX_SIZE = 1024 * 1024

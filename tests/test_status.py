@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -26,8 +26,8 @@ from leveret import (
     admin,
 )
 from leveret.status import app as status_app
-from leveret.status.events import EXCHANGE, JobStatus, timestamp
-from leveret.status.store import JobStore
+from leveret.status.events import EXCHANGE, JobStatus, Then, timestamp
+from leveret.status.store import Closed, JobStore
 from tests import apps
 
 PG_URL = os.environ.get("LEVERET_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -223,3 +223,138 @@ async def test_a_tracked_job_reports_every_step(
     assert (job["state"], job["reason"], job["attempt"]) == ("failed", "handler-error", 3)
     assert "attempt 3 fails" in str(job["error"])
     assert [s["state"] for s in job["steps"]].count("started") == 3
+
+
+# --- batches ------------------------------------------------------------------------
+
+
+def then_spec() -> Then:
+    return Then(
+        exchange="x", routing_key="done", type="t.done", version=1, message_id="m1", body="{}"
+    )
+
+
+def test_a_batch_counts_each_member_once_and_closes_once(store: JobStore) -> None:
+    closed: list[Closed] = []
+    # A member may end before the store learns the batch's size.
+    store.apply(event("m1", "succeeded", T0, batch_id="b1"), "e1", closed.append)
+    store.apply(event("b1", "started", T0, batch_size=3, then=then_spec()), "e0", closed.append)
+    job = store.get("b1")
+    assert job is not None
+    assert (job["state"], job["message"], job["percent"]) == ("started", "1 of 3 done", 33.3)
+    store.apply(event("m1", "succeeded", T0, batch_id="b1"), "e1-again", closed.append)
+    store.apply(event("m2", "retrying", T0, batch_id="b1"), "e2", closed.append)
+    store.apply(
+        event("m2", "failed", T0, batch_id="b1", reason="handler-error"), "e3", closed.append
+    )
+    assert not closed
+    store.apply(event("m3", "succeeded", T0, batch_id="b1"), "e4", closed.append)
+    store.apply(event("m3", "succeeded", T0, batch_id="b1"), "e4-again", closed.append)
+
+    assert closed == [Closed("b1", then_spec(), 2, ["m2"])]
+    job = store.get("b1")
+    assert job is not None
+    assert (job["state"], job["reason"], job["message"]) == (
+        "failed",
+        "batch-members-failed",
+        "3 of 3 done, 1 failed",
+    )
+    assert "m2" in job["error"]
+    assert job["batch"] == {"size": 3, "succeeded": 2, "failed": 1, "closed": True}
+
+
+def test_an_empty_batch_closes_at_once(store: JobStore) -> None:
+    closed: list[Closed] = []
+    store.apply(event("b2", "started", T0, batch_size=0), "e0", closed.append)
+    assert closed == [Closed("b2", None, 0, [])]
+    job = store.get("b2")
+    assert job is not None
+    assert job["state"] == "succeeded"
+
+
+def test_a_failing_close_records_nothing_and_closes_on_redelivery(store: JobStore) -> None:
+    store.apply(event("b3", "started", T0, batch_size=1), "e0")
+
+    def broken(batch: Closed) -> None:
+        raise ConnectionError("broker gone")
+
+    with pytest.raises(ConnectionError):
+        store.apply(event("m", "succeeded", T0, batch_id="b3"), "e1", broken)
+    closed: list[Closed] = []
+    store.apply(event("m", "succeeded", T0, batch_id="b3"), "e1", closed.append)
+    assert [c.batch_id for c in closed] == ["b3"]
+
+
+class Chunk(apps.Task, type="test.status.chunk", version=1, routing_key="chunk"):
+    """One chunk of a split export."""
+
+
+class Assembled(apps.Task, type="test.status.assembled", version=1, routing_key="assembled"):
+    """Published once every chunk ended."""
+
+
+@pytest.mark.timeout(60)
+async def test_a_task_splits_itself_and_the_batch_publishes_its_completion(
+    broker_url: str, names: Callable[[str], str], tmp_path: Path
+) -> None:
+    exchange = names("ex")
+    exports, chunks, assembled = names("exports"), names("chunks"), names("assembled")
+    app = App(
+        Topology(
+            exchanges=(Exchange(exchange),),
+            queues=(
+                Queue(exports, bindings=(Binding(exchange, "export"),)),
+                Queue(chunks, bindings=(Binding(exchange, "chunk"),), retry=RetryPolicy((0.1,), 2)),
+                Queue(assembled, bindings=(Binding(exchange, "assembled"),)),
+            ),
+        )
+    )
+    done: list[tuple[str, str | None, int]] = []
+
+    @app.handler(Export, queue=exports, track=True)
+    async def split(message: Export, ctx: Context) -> str:
+        members = [Chunk(n=i, fail_times=9 if i == 7 else 0) for i in range(20)]
+        batch = await ctx.abatch(members, then=Assembled(n=message.n), exchange=exchange)
+        return f"batch:{batch}"
+
+    @app.handler(Chunk, queue=chunks)  # not tracked: members report anyway
+    def chunk(message: Chunk, ctx: Context) -> None:
+        if ctx.attempt <= message.fail_times:
+            raise RuntimeError(f"chunk {message.n} fails")
+
+    @app.handler(Assembled, queue=assembled)
+    async def assemble(message: Assembled, ctx: Context) -> None:
+        done.append((ctx.message_id, ctx.correlation_id, message.n))
+
+    jobs = JobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
+    recorder = status_app.build_app(jobs, queue=names("status"))
+    admin.apply(broker_url, app.topology)
+    admin.apply(broker_url, recorder.topology)
+    workers = [Worker(app, broker_url), Worker(recorder, broker_url)]
+    running = [asyncio.create_task(w.run()) for w in workers]
+    try:
+        with Publisher(broker_url) as publisher:
+            job_id = publisher.publish(Export(n=42), exchange=exchange)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while not done:
+            assert loop.time() < deadline, jobs.get(job_id)
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.3)  # a second completion would show up here
+    finally:
+        for w in workers:
+            w.stop()
+        await asyncio.gather(*running)
+        delete_queues(broker_url, app.topology)
+        delete_queues(broker_url, recorder.topology)
+
+    parent = jobs.get(job_id)
+    assert parent is not None
+    assert parent["state"] == "succeeded"
+    batch_id = str(parent["result"]).removeprefix("batch:")
+    batch = jobs.get(batch_id)
+    assert batch is not None
+    assert batch["batch"] == {"size": 20, "succeeded": 19, "failed": 1, "closed": True}
+    assert (batch["state"], batch["message"]) == ("failed", "20 of 20 done, 1 failed")
+    assert len(done) == 1
+    assert done[0][1:] == (batch_id, 42)

@@ -25,6 +25,8 @@ import structlog
 from leveret import admin, connection, dlq, wire
 from leveret.conformance import ROUTING_KEY, Conformance, Receipt, topology
 from leveret.publisher import Publisher
+from leveret.status import events as status
+from leveret.status.events import TERMINAL, JobStatus
 from leveret.topology import Topology
 
 log = structlog.get_logger(__name__)
@@ -73,6 +75,10 @@ class Battery:
     def receipts_exchange(self) -> str:
         return f"{self.queue}.receipts"
 
+    @property
+    def status_queue(self) -> str:
+        return f"{self.queue}.status"
+
     def run(self) -> list[Check]:
         """Run every check in order and return the table."""
         top = topology(self.queue)
@@ -82,6 +88,7 @@ class Battery:
                 self._fails_once,
                 self._fails_always,
                 self._bad_input,
+                self._batch_member,
                 self._sigkill,
                 self._sigterm,
             ):
@@ -150,6 +157,26 @@ class Battery:
             ok = got == reason and count == 1
             self._record(f"{name}: dead-lettered at once", ok, f"reason {got!r}, count {count!r}")
 
+    def _batch_member(self) -> None:
+        batch, task = f"{self.queue}.batch", wire.new_message_id()
+        with admin.channel(self.url) as ch:
+            ch.queue_bind(self.status_queue, status.EXCHANGE, routing_key=task)
+        body = self._receipted(Conformance(note="batch member")).to_json()
+        self._publish_raw(body, message_id=task, headers={wire.VERSION: 1, wire.BATCH: batch})
+        ended: list[JobStatus] = []
+
+        def reported() -> bool:
+            ended.extend(
+                e for e in self._status_events() if e.job_id == task and e.state in TERMINAL
+            )
+            return bool(ended)
+
+        self._wait(reported, "the batch member's final status event")
+        event = ended[0]
+        ok = (event.state, event.batch_id) == ("succeeded", batch) and task in self._receipts
+        detail = f"state {event.state!r}, batch_id {event.batch_id!r}"
+        self._record("batch member reports its end", ok, detail)
+
     def _sigkill(self) -> None:
         task = self._publish(Conformance(sleep_ms=3000, note="killed mid-handler"))
         self._wait(lambda: self._depth(self.queue) == 0, "the consumer to take the task")
@@ -197,6 +224,9 @@ class Battery:
             ch.exchange_declare(self.receipts_exchange, "fanout", durable=True)
             ch.queue_declare(self.receipts_exchange, durable=True)
             ch.queue_bind(self.receipts_exchange, self.receipts_exchange)
+            # Shared by every pipeline on the vhost: declared if absent, never deleted.
+            ch.exchange_declare(status.EXCHANGE, "topic", durable=True)
+            ch.queue_declare(self.status_queue, durable=True)
         try:
             yield
         finally:
@@ -204,6 +234,7 @@ class Battery:
             with admin.channel(self.url) as ch:
                 ch.queue_delete(self.receipts_exchange)
                 ch.exchange_delete(self.receipts_exchange)
+                ch.queue_delete(self.status_queue)
 
     @contextmanager
     def _consumer(self) -> Iterator[None]:
@@ -231,17 +262,21 @@ class Battery:
         with admin.channel(self.url) as ch:
             return int(ch.queue_declare(queue, passive=True).method.message_count)
 
-    def _publish(self, task: Conformance) -> str:
-        task = task.model_copy(
+    def _receipted(self, task: Conformance) -> Conformance:
+        """The task, asking for a receipt to the battery's receipts exchange."""
+        return task.model_copy(
             update={"receipt_exchange": self.receipts_exchange, "receipt_routing_key": ""}
         )
+
+    def _publish(self, task: Conformance) -> str:
+        task = self._receipted(task)
         with Publisher(self.url) as pub:
             message_id = pub.publish(task, exchange=f"{self.queue}.ex", routing_key=ROUTING_KEY)
         self._published.add(message_id)
         return message_id
 
     def _publish_raw(self, body: bytes, **props: Any) -> str:
-        message_id = wire.new_message_id()
+        message_id = props.get("message_id") or wire.new_message_id()
         properties = pika.BasicProperties(
             content_type=wire.CONTENT_TYPE,
             delivery_mode=2,
@@ -265,6 +300,18 @@ class Battery:
                 receipt = Receipt.from_json(body)
                 assert isinstance(receipt, Receipt)
                 self._receipts[receipt.message_id].append(receipt.attempt)
+
+    def _status_events(self) -> list[JobStatus]:
+        """Take every status event waiting in the battery's status queue."""
+        events: list[JobStatus] = []
+        with admin.channel(self.url) as ch:
+            while True:
+                method, _props, body = ch.basic_get(self.status_queue, auto_ack=True)
+                if method is None:
+                    return events
+                event = JobStatus.from_json(body)
+                assert isinstance(event, JobStatus)
+                events.append(event)
 
     def _dead_letter(self, message_id: str) -> dlq.DeadLetter:
         found: list[dlq.DeadLetter] = []

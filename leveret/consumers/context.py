@@ -9,21 +9,25 @@ one. The new message is correlated with the delivery's job unless told otherwise
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import aiormq.abc
 import structlog
 
+from leveret import wire
 from leveret.errors import ConfigurationError, LeveretError, Unroutable
 from leveret.messages import Message
 from leveret.publisher.aio import amqp_properties, publish_on
 from leveret.publisher.core import PublisherCore
-from leveret.status.events import JobStatus, timestamp
+from leveret.status.events import BATCH_TYPE, JobStatus, Then, timestamp
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
+
+BATCH_WINDOW = 100
+"""Batch members published at once, their confirms awaited together."""
 
 
 class HandlerPublisher:
@@ -71,9 +75,70 @@ class HandlerPublisher:
                 "status.not_published", job_id=event.job_id, state=event.state, error=str(exc)
             )
 
+    async def asend(self, env: wire.Envelope) -> None:
+        """Publish a ready envelope and wait for the confirm."""
+        await publish_on(self.channel, env, amqp_properties(env, self.core.app_id))
+
+    def send(self, env: wire.Envelope) -> None:
+        """The same, from a sync handler's thread."""
+        self._from_thread(self.asend(env), "asend")
+
+    async def abatch(
+        self,
+        members: Iterable[Message],
+        then: Message | None,
+        batch_id: str | None,
+        exchange: str | None,
+    ) -> str:
+        """Open a batch, then publish its members; see :meth:`Context.abatch`."""
+        batch_id = batch_id or wire.new_message_id()
+        tasks = list(members)
+        spec = None
+        if then is not None:
+            env = self.core.envelope(then, exchange=exchange, correlation_id=batch_id)
+            spec = Then(
+                exchange=env.exchange,
+                routing_key=env.routing_key,
+                type=env.type,
+                version=then.message_version,
+                message_id=env.message_id,
+                body=env.body.decode(),
+            )
+        opened = JobStatus(
+            job_id=batch_id,
+            state="started",
+            at=timestamp(),
+            type=BATCH_TYPE,
+            batch_size=len(tasks),
+            message=f"0 of {len(tasks)} done",
+            then=spec,
+        )
+        # Unlike other status, a batch's opening must arrive: only the status
+        # store can tell when its members finished. Unroutable raises.
+        await self.apublish(opened, routing_key=batch_id)
+        for start in range(0, len(tasks), BATCH_WINDOW):
+            window = tasks[start : start + BATCH_WINDOW]
+            await asyncio.gather(
+                *(
+                    self.apublish(t, exchange=exchange, batch_id=batch_id, correlation_id=batch_id)
+                    for t in window
+                )
+            )
+        return batch_id
+
     def status(self, event: JobStatus) -> None:
         """The same, from a sync handler's thread."""
         self._from_thread(self.astatus(event), "aprogress")
+
+    def batch(
+        self,
+        members: Iterable[Message],
+        then: Message | None,
+        batch_id: str | None,
+        exchange: str | None,
+    ) -> str:
+        """The same, from a sync handler's thread."""
+        return self._from_thread(self.abatch(members, then, batch_id, exchange), "abatch")
 
     def _from_thread(self, work: Coroutine[Any, Any, T], instead: str) -> T:
         try:
@@ -136,6 +201,40 @@ class Context:
             percent=percent,
             message=message,
         )
+
+    def batch(
+        self,
+        members: Iterable[Message],
+        *,
+        then: Message | None = None,
+        batch_id: str | None = None,
+        exchange: str | None = None,
+    ) -> str:
+        """Publish tasks as one batch, from a sync handler; returns the batch's job id.
+
+        The batch is a job of its own in the status store, which counts its
+        members as they finish ("37 of 100 done") and, once all of them did,
+        publishes ``then`` (correlated with the batch) and closes the batch:
+        succeeded, or failed with the members that failed. Members report their
+        end whether or not their handler is tracked. Needs the status store
+        (:mod:`leveret.status.app`) running. ``exchange`` overrides the message
+        classes' exchange for the members and ``then``; each keeps its routing key.
+
+        Raises:
+            Unroutable: no status store is bound to ``leveret.status``.
+        """
+        return self._publisher().batch(members, then, batch_id, exchange)
+
+    async def abatch(
+        self,
+        members: Iterable[Message],
+        *,
+        then: Message | None = None,
+        batch_id: str | None = None,
+        exchange: str | None = None,
+    ) -> str:
+        """The same, from an async handler."""
+        return await self._publisher().abatch(members, then, batch_id, exchange)
 
     def _publisher(self) -> HandlerPublisher:
         if self.publisher is None:

@@ -64,11 +64,13 @@ class PublisherCore:
         headers: Mapping[str, Any] | None = None,
         delay: timedelta | None = None,
         at: datetime | None = None,
+        batch_id: str | None = None,
     ) -> wire.Envelope:
         """Build the envelope of ``message``: body, routing, properties and headers.
 
         With ``delay`` or ``at``, the envelope goes to the delay levels, which
         hand the message to its exchange when it is due (:mod:`leveret.delay`).
+        ``batch_id`` makes it a member of a batch (``Context.batch``).
 
         Raises:
             ConfigurationError: no exchange or routing key, given or defaulted;
@@ -97,6 +99,8 @@ class PublisherCore:
         # count or a failure reason.
         all_headers = {k: v for k, v in (headers or {}).items() if not k.startswith("leveret-")}
         all_headers[wire.VERSION] = message.message_version
+        if batch_id is not None:
+            all_headers[wire.BATCH] = batch_id
         wait = 0 if delay is None and at is None else leveret_delay.seconds(delay, at)
         if wait:
             route = leveret_delay.route(exchange, wait)

@@ -8,7 +8,9 @@ It consumes ``leveret.status.store``, bound to the ``leveret.status`` exchange
 for every job id, and writes each event into the :class:`JobStore` named by
 ``LEVERET_STATUS_DB`` (default ``sqlite:///leveret-jobs.db``). Records whose last
 event is older than ``LEVERET_STATUS_TTL`` seconds (default 7 days) are deleted,
-checked at most once a minute. Its own failures (the database is down) go
+checked at most once a minute. When a batch closes, it publishes the batch's
+``then`` message (with the batch id as correlation id) before it acks the event
+that closed it. Its own failures (the database is down) go
 through its retry tiers like any task's, and its dead-letter queue keeps what
 could not be recorded.
 """
@@ -23,9 +25,10 @@ from datetime import timedelta
 
 import structlog
 
+from leveret import wire
 from leveret.consumers import App, Context
-from leveret.status.events import EXCHANGE, JobStatus
-from leveret.status.store import DEFAULT_TTL, DEFAULT_URL, JobStore
+from leveret.status.events import EXCHANGE, JobStatus, Then
+from leveret.status.store import DEFAULT_TTL, DEFAULT_URL, Closed, JobStore
 from leveret.topology import Binding, Exchange, Queue, RetryPolicy, Topology
 
 log = structlog.get_logger(__name__)
@@ -71,7 +74,19 @@ def build_app(
     @app.handler(JobStatus, queue=queue)
     def record(event: JobStatus, ctx: Context) -> None:
         jobs = the_store()
-        if not jobs.apply(event, ctx.message_id):
+
+        def closed(batch: Closed) -> None:
+            log.info(
+                "status.batch_closed",
+                batch_id=batch.batch_id,
+                succeeded=batch.succeeded,
+                failed=len(batch.failed),
+                then=batch.then.type if batch.then else None,
+            )
+            if batch.then is not None and ctx.publisher is not None:
+                ctx.publisher.send(then_envelope(batch.batch_id, batch.then))
+
+        if not jobs.apply(event, ctx.message_id, on_close=closed):
             log.info("status.duplicate_event", job_id=event.job_id, event_id=ctx.message_id)
         if time.monotonic() - expired_at[0] > EXPIRE_EVERY:
             expired_at[0] = time.monotonic()
@@ -80,6 +95,20 @@ def build_app(
                 log.info("status.expired", jobs=removed, older_than_s=keep.total_seconds())
 
     return app
+
+
+def then_envelope(batch_id: str, then: Then) -> wire.Envelope:
+    """The message a closed batch publishes, correlated with the batch."""
+    return wire.Envelope(
+        exchange=then.exchange,
+        routing_key=then.routing_key,
+        body=then.body.encode(),
+        message_id=then.message_id,
+        type=then.type,
+        headers={wire.VERSION: then.version},
+        timestamp=wire.now_seconds(),
+        correlation_id=batch_id,
+    )
 
 
 def _from_environment() -> JobStore:

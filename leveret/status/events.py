@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from leveret.messages import Message
+from leveret.messages import Message, Model
 
 EXCHANGE = "leveret.status"
 """The topic exchange of status events; the routing key is the job id."""
@@ -34,9 +34,28 @@ Timestamp = Annotated[
 State = Literal["queued", "started", "progress", "succeeded", "failed", "retrying"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed"})
 
+BATCH_TYPE = "leveret.batch"
+"""The ``type`` of a batch's own job record."""
+
+
+class Then(Model):
+    """A message to publish once every member of a batch finished, as it goes on the wire."""
+
+    exchange: str = Field(max_length=255)
+    routing_key: str = Field(max_length=255)
+    type: str = Field(min_length=1, max_length=255)
+    version: int = Field(ge=1)
+    message_id: str = Field(min_length=1, max_length=255)
+    body: str = Field(max_length=65536, description="the message's JSON body, as text")
+
 
 class JobStatus(Message, type="leveret.job.status", version=1, exchange=EXCHANGE):
-    """One step of a job: its state at ``at``, with what goes with that state."""
+    """One step of a job: its state at ``at``, with what goes with that state.
+
+    A batch is a job too: its first event carries ``batch_size`` (and ``then``,
+    the message to publish when every member finished); each member's events
+    carry ``batch_id``, the batch's job id.
+    """
 
     job_id: str = Field(min_length=1, max_length=255)
     state: State
@@ -49,11 +68,19 @@ class JobStatus(Message, type="leveret.job.status", version=1, exchange=EXCHANGE
     reason: str | None = Field(default=None, max_length=64)
     error: str | None = Field(default=None, max_length=1024)
     next_attempt_at: Timestamp | None = None
+    batch_id: str | None = Field(default=None, max_length=255)
+    batch_size: int | None = Field(default=None, ge=0)
+    then: Then | None = None
 
 
 def timestamp(moment: datetime | None = None) -> str:
-    """A time as the contract writes it: ISO 8601, UTC, milliseconds (default: now)."""
-    return (moment or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="milliseconds")
+    """A time as ISO 8601, UTC, to the microsecond (default: now).
+
+    Microseconds, not the failure headers' milliseconds: the store orders a
+    job's events by time, and one worker's events follow each other within a
+    millisecond.
+    """
+    return (moment or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def parse(stamp: str) -> datetime:

@@ -7,8 +7,19 @@ class SchemasTest < Minitest::Test
   include TestSupport
 
   def test_indexes_every_file_by_type_and_version
-    assert_equal %w[demo.export leveret.conformance leveret.conformance.receipt], schemas.types
+    on_disk = Dir.glob(File.join(SCHEMAS_DIR, "*.v*.json")).map { |f| File.basename(f).sub(/\.v\d+\.json\z/, "") }
+    assert_equal on_disk.uniq.sort, schemas.types
+    assert_includes schemas.types, "leveret.job.status"
     assert_equal [1, 2], schemas.versions("demo.export")
+  end
+
+  def test_a_nested_definition_is_validated
+    event = { "job_id" => "j", "state" => "started", "at" => "2026-01-02T03:04:05.123456+00:00", "batch_size" => 2,
+              "then" => { "exchange" => "x", "routing_key" => "k", "type" => "a.b", "version" => 1,
+                          "message_id" => "m", "body" => "{}" } }
+    assert schemas.valid?("leveret.job.status", 1, event)
+    refute schemas.valid?("leveret.job.status", 1, event.merge("then" => { "exchange" => "x" }))
+    refute schemas.valid?("leveret.job.status", 1, event.merge("at" => "yesterday"))
   end
 
   def test_validation_is_strict_about_integers
