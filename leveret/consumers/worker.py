@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import os
 import signal
 import socket
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +29,12 @@ from pamqp import commands as spec
 from structlog.contextvars import bind_contextvars
 
 from leveret import connection, retry, wire
-from leveret.consumers.app import App, Handler
-from leveret.consumers.context import Context, HandlerPublisher
+from leveret.consumers.app import App
+from leveret.consumers.attempt import attempt, settled
+from leveret.consumers.context import HandlerPublisher
 from leveret.consumers.delivery import (
     Acks,
     Outcome,
-    context_for,
     delivery_tag,
     report,
     republished,
@@ -46,15 +44,12 @@ from leveret.errors import (
     AccessRefused,
     BrokerUnavailable,
     ConfigurationError,
-    SchemaViolation,
     TopologyMissing,
 )
-from leveret.messages import Message
 from leveret.publisher.aio import CONNECTION_ERRORS, connect
 from leveret.publisher.core import PublisherCore
 from leveret.status.events import EXCHANGE as STATUS_EXCHANGE
-from leveret.status.events import JobStatus, State, timestamp
-from leveret.topology import RetryPolicy, worker_needs
+from leveret.topology import worker_needs
 
 log = structlog.get_logger(__name__)
 
@@ -319,58 +314,21 @@ class Worker:
         # The delivery's task has a context of its own (a copy of the reader's),
         # so what is bound here ends with the task: nothing to unbind.
         bind_contextvars(message_id=delivery.message_id, queue=queue, attempt=delivery.attempt)
-        decision: retry.Decision
-        policy = self.app.topology.queue(queue).retry
-        tracked: Context | None = None
-        try:
-            handler, message = self.app.resolve(queue, delivery, max_size=self.max_size)
-            ctx = context_for(queue, delivery, message, self._handler_publisher)
-            member = isinstance(delivery.headers.get(wire.BATCH), str)
-            if handler.track or (member and self._can_report):
-                tracked = ctx
-                await _status(ctx, "started")
-            elif member:
-                log.error(
-                    "status.batch_member_unreported",
-                    hint=f"no {STATUS_EXCHANGE!r} exchange: apply a tracked app's topology",
-                )
-            result = await self._call(handler, message, ctx)
-            if tracked:
-                # Before the ack: a crash in between repeats the task, never
-                # leaves a finished job looking unfinished.
-                await _status(ctx, "succeeded", result=result if isinstance(result, str) else None)
-            decision = retry.Ack()
-        except Exception as exc:  # every failure is settled, never raised
-            decision = retry.failure(
-                delivery,
-                queue,
-                exc,
-                consumer=f"{queue}@{self.identity}",
-                max_attempts=policy.max_attempts,
-            )
-        outcome = await self._settle(dm, decision, acks, publish)
-        if tracked and isinstance(decision, retry.Republish):
-            await _failed(tracked, decision, outcome, policy)
-        record = report(queue, delivery, decision, outcome, time.perf_counter() - start)
+        done = await attempt(
+            self.app,
+            queue,
+            delivery,
+            publisher=self._handler_publisher,
+            executor=self._executor,
+            consumer=f"{queue}@{self.identity}",
+            max_size=self.max_size,
+            can_report=self._can_report,
+        )
+        outcome = await self._settle(dm, done.decision, acks, publish)
+        await settled(done, outcome, self.app.topology.queue(queue).retry)
+        record = report(queue, delivery, done.decision, outcome, time.perf_counter() - start)
         if self.on_outcome is not None:
             self.on_outcome(record)
-
-    async def _call(self, handler: Handler, message: Message, ctx: Context) -> object:
-        try:
-            # asyncio.timeout, not wait_for: on Python 3.11 wait_for wraps the
-            # coroutine in one more task per call.
-            async with asyncio.timeout(handler.timeout):
-                if handler.is_async:
-                    return await handler.func(message, ctx)  # type: ignore[misc]
-                # copy_context: the handler's log lines keep the delivery's bound context.
-                call = contextvars.copy_context().run
-                return await asyncio.get_running_loop().run_in_executor(
-                    self._executor, call, handler.func, message, ctx
-                )
-        except TimeoutError as exc:
-            raise TimeoutError(
-                f"handler {handler.name} exceeded its timeout of {handler.timeout}s"
-            ) from exc
 
     async def _settle(
         self,
@@ -420,36 +378,6 @@ async def _exists(conn: aio_pika.abc.AbstractConnection, kind: str, name: str) -
         return False
     await ch.close()
     return True
-
-
-async def _status(ctx: Context, state: State, **fields: Any) -> None:
-    """Publish a tracked job's status, on the worker's confirm channel."""
-    if ctx.publisher is None:
-        return
-    batch = ctx.headers.get(wire.BATCH)
-    common: dict[str, Any] = {
-        "job_id": ctx.message_id,
-        "state": state,
-        "at": timestamp(),
-        "type": ctx.type,
-        "attempt": ctx.attempt,
-        "batch_id": batch if isinstance(batch, str) else None,
-    }
-    try:
-        event = JobStatus(**common, **fields)
-    except SchemaViolation as exc:  # a result reference too long, say: report the state
-        log.warning("status.invalid", state=state, error=str(exc))
-        event = JobStatus(**common)
-    await ctx.publisher.astatus(event)
-
-
-async def _failed(ctx: Context, failed: retry.Republish, outcome: str, policy: RetryPolicy) -> None:
-    """After a failed attempt was settled: the job is retrying, or failed for good."""
-    if outcome == "retry_scheduled":
-        due = datetime.now(UTC) + timedelta(seconds=policy.delay_for(ctx.attempt))
-        await _status(ctx, "retrying", error=failed.error, next_attempt_at=timestamp(due))
-    elif outcome == "dead_lettered":
-        await _status(ctx, "failed", reason=failed.reason, error=failed.error)
 
 
 async def _first(*events: asyncio.Event) -> None:

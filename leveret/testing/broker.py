@@ -3,7 +3,7 @@
 Publishing builds the envelope with :meth:`PublisherCore.envelope`, as the real
 publishers do, and routes it through the exchanges the topology declares
 (:mod:`leveret.testing.routing`). Running delivers each ready message to its
-handler through the worker's decision (:mod:`leveret.testing.attempt`) and
+handler through the worker's decision (:mod:`leveret.consumers.attempt`) and
 settles it as the worker does: an ack, or a copy to ``Q.retry`` or ``Q.dead``
 that the bindings send on to a tier or to ``Q.dlq``. A tier gives the message
 back when the virtual clock passes its TTL, as RabbitMQ does when its
@@ -34,7 +34,7 @@ from leveret.errors import ConfigurationError, LeveretError, TopologyMissing, Un
 from leveret.messages import Message
 from leveret.publisher.core import PublisherCore, missing_exchange, unroutable
 from leveret.status.events import EXCHANGE as STATUS_EXCHANGE
-from leveret.testing.attempt import attempt, settled
+from leveret.consumers.attempt import attempt, settled
 from leveret.testing.publisher import MemoryPublisher
 from leveret.testing.records import Held, Properties, Published
 from leveret.testing.vhost import Vhost

@@ -1,16 +1,12 @@
-"""One attempt at a delivery, with no broker: from the delivery to the decision.
+"""One attempt at a delivery, without I/O: from the delivery to the decision.
 
-This is :meth:`leveret.consumers.Worker._process` without its I/O: resolve the
-delivery (:meth:`App.resolve`), build the handler's :class:`Context`
-(:func:`~leveret.consumers.delivery.context_for`), report a tracked job's
-start and success, call the handler under its timeout (sync handlers on a
-thread, as in the worker), and on any exception take the decision from
-:func:`leveret.retry.failure`. The worker and the in-memory broker differ only
-in how they settle the decision.
-
-It is written with the signature a shared seam in :mod:`leveret.consumers`
-would have, so the worker can take it over and this copy can go (see
-``docs/testing.md``).
+Resolve the delivery (:meth:`App.resolve`), build the handler's
+:class:`Context` (:func:`~leveret.consumers.delivery.context_for`), report a
+tracked job's start and success, call the handler under its timeout (sync
+handlers on a thread), and on any exception take the decision from
+:func:`leveret.retry.failure`. The :class:`~leveret.consumers.Worker` and the
+in-memory broker of :mod:`leveret.testing` both run deliveries through here;
+they differ only in how they settle the decision.
 """
 
 from __future__ import annotations
@@ -36,7 +32,7 @@ from leveret.status.events import EXCHANGE as STATUS_EXCHANGE
 from leveret.status.events import JobStatus, State, timestamp
 from leveret.topology import RetryPolicy
 
-log = structlog.get_logger("leveret.consumers.worker")
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -87,6 +83,8 @@ async def attempt(
             )
         result = await call(handler, message, ctx, executor)
         if tracked:
+            # Before the ack: a crash in between repeats the task, never leaves
+            # a finished job looking unfinished.
             await status(ctx, "succeeded", result=result if isinstance(result, str) else None)
         return Attempt(retry.Ack(), tracked)
     except Exception as exc:  # every failure is settled, never raised
@@ -109,6 +107,8 @@ async def call(handler: Handler, message: Message, ctx: Context, executor: Execu
         TimeoutError: the handler ran past its timeout.
     """
     try:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for wraps the
+        # coroutine in one more task per call.
         async with asyncio.timeout(handler.timeout):
             if handler.is_async:
                 result = handler.func(message, ctx)
