@@ -37,6 +37,14 @@ _RESET = (
 )
 
 
+def replay_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
+    """A dead letter's headers for its replay: no failure record, no broker headers.
+
+    The retry count starts again from zero, so the replay gets every attempt.
+    """
+    return {k: v for k, v in headers.items() if k not in _RESET and not k.startswith("x-")}
+
+
 @dataclass(frozen=True)
 class DeadLetter:
     """One message in a dead-letter queue, as a person wants to read it."""
@@ -153,11 +161,7 @@ def replay(
                 break
             if wanted and props.message_id not in wanted:
                 continue
-            headers = {
-                k: v
-                for k, v in (props.headers or {}).items()
-                if k not in _RESET and not k.startswith("x-")
-            }
+            headers = replay_headers(props.headers or {})
             copy = wire.Envelope(
                 exchange="",
                 routing_key=queue,

@@ -128,10 +128,7 @@ class Vhost:
                 kept.append(held)
                 continue
             p = held.properties
-            # dlq._RESET: the headers `leveret dlq replay` removes.
-            headers = {
-                k: v for k, v in p.headers.items() if k not in dlq._RESET and not k.startswith("x-")
-            }
+            headers = dlq.replay_headers(p.headers)
             copy = Properties(
                 content_type=p.content_type or "",
                 headers=headers,
