@@ -29,12 +29,12 @@ from structlog.contextvars import bound_contextvars
 from leveret import dlq, wire
 from leveret import retry as leveret_retry
 from leveret.consumers.app import App
+from leveret.consumers.attempt import attempt, settled
 from leveret.consumers.delivery import Outcome, report
 from leveret.errors import ConfigurationError, LeveretError, TopologyMissing, Unroutable
 from leveret.messages import Message
 from leveret.publisher.core import PublisherCore, missing_exchange, unroutable
 from leveret.status.events import EXCHANGE as STATUS_EXCHANGE
-from leveret.consumers.attempt import attempt, settled
 from leveret.testing.publisher import MemoryPublisher
 from leveret.testing.records import Held, Properties, Published
 from leveret.testing.vhost import Vhost
