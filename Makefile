@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 # The AsyncAPI parser (npm) that the tests validate docs/asyncapi.json with.
 NODE_TOOLS := tools/asyncapi/node_modules/.installed
 
-.PHONY: venv tools consumers demo test lint typecheck check FORCE
+.PHONY: venv tools consumers demo example test lint typecheck check FORCE
 
 venv: $(STAMP)
 
@@ -37,6 +37,12 @@ consumers:
 
 demo: venv
 	$(BIN)/leveret demo
+
+# make example  the example web app (examples/webapp, docs/webapp.md) with its
+#               workers, on http://127.0.0.1:8000/; Ctrl-C stops it
+.PHONY: example
+example: venv
+	$(BIN)/python -m examples.webapp
 
 test: venv tools consumers
 	$(BIN)/pytest
