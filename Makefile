@@ -40,7 +40,6 @@ demo: venv
 
 # make example  the example web app (examples/webapp, docs/webapp.md) with its
 #               workers, on http://127.0.0.1:8000/; Ctrl-C stops it
-.PHONY: example
 example: venv
 	$(BIN)/python -m examples.webapp
 
