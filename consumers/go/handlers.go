@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"time"
 
 	"leveret-worker/leveret"
 )
@@ -10,7 +12,7 @@ import (
 // schemas/<type>.v<version>.json file, write a leveret.HandlerFunc and register
 // it here with the versions it accepts.
 func register(w *leveret.Worker, log *leveret.Logger) {
-	w.Handle("demo.export", []int64{1, 2}, export(log))
+	w.Handle("demo.export", []int64{1, 2}, export(log), leveret.Tracked())
 	w.Handle(leveret.ConformanceType, []int64{1}, leveret.Conformance("go"))
 }
 
@@ -21,8 +23,9 @@ type exportRequest struct {
 	Columns []string `json:"columns"`
 }
 
-// export handles demo.export: it logs the request. A real one would build the
-// file; returning an error would retry it, leveret.DeadLetter(err) give up.
+// export handles demo.export, tracked: it pretends to write the file in two
+// parts, reporting progress after each, logs the request and reports where the
+// file is. Returning an error would retry it, leveret.DeadLetter(err) give up.
 func export(log *leveret.Logger) leveret.HandlerFunc {
 	return func(ctx context.Context, t *leveret.Task) error {
 		var req exportRequest
@@ -32,6 +35,15 @@ func export(log *leveret.Logger) leveret.HandlerFunc {
 		if req.Format == "" {
 			req.Format = "csv"
 		}
+		for part := 1; part <= 2; part++ {
+			select {
+			case <-time.After(25 * time.Millisecond):
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			t.Progress(ctx, float64(part*50), fmt.Sprintf("wrote part %d of 2", part))
+		}
+		t.Result = fmt.Sprintf("exports/%s.%s", t.MessageID, req.Format)
 		log.Info("demo.export", "message_id", t.MessageID, "version", t.Version,
 			"user_id", req.UserID, "format", req.Format, "columns", req.Columns, "attempt", t.Attempt)
 		return nil

@@ -13,6 +13,10 @@ import (
 // unroutable, or the channel closed before the confirm arrived.
 var ErrNotConfirmed = errors.New("publish not confirmed")
 
+// ErrUnroutable is returned when the broker returned a publish: no queue is
+// bound for its exchange and routing key. It is an ErrNotConfirmed too.
+var ErrUnroutable = fmt.Errorf("%w: returned as unroutable", ErrNotConfirmed)
+
 // confirmer publishes on a channel in confirm mode, mandatory, and tells each
 // caller whether its own message was confirmed. Many goroutines may publish at
 // once: their confirms are pipelined, and a basic.return (which the broker
@@ -144,8 +148,7 @@ func (c *confirmer) resolve(conf amqp.Confirmation) {
 	case !conf.Ack:
 		p.done <- fmt.Errorf("%w: the broker nacked it", ErrNotConfirmed)
 	case p.returned != nil:
-		p.done <- fmt.Errorf("%w: returned as unroutable (%d %s)",
-			ErrNotConfirmed, p.returned.ReplyCode, p.returned.ReplyText)
+		p.done <- fmt.Errorf("%w (%d %s)", ErrUnroutable, p.returned.ReplyCode, p.returned.ReplyText)
 	default:
 		p.done <- nil
 	}

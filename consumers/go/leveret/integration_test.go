@@ -294,9 +294,9 @@ type running struct {
 	stop func() error
 }
 
-// startWorker runs the worker with the conformance handler on queue and waits
-// until the broker reports its consumer.
-func (b *broker) startWorker(queue string) *running {
+// startWorker runs the worker with the conformance handler (and what register
+// adds) on queue and waits until the broker reports its consumer.
+func (b *broker) startWorker(queue string, register ...func(*leveret.Worker)) *running {
 	b.t.Helper()
 	cfg, err := leveret.ConfigFromEnv(func(k string) string {
 		return map[string]string{
@@ -309,6 +309,9 @@ func (b *broker) startWorker(queue string) *running {
 	logs := &syncBuffer{}
 	w := leveret.New(cfg, leveret.NewLogger(logs))
 	w.Handle(leveret.ConformanceType, []int64{1}, leveret.Conformance("go"))
+	for _, r := range register {
+		r(w)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	result := make(chan error, 1)
 	go func() { result <- w.Run(ctx) }()
@@ -612,4 +615,80 @@ func TestIntegrationReconnect(t *testing.T) {
 	if !strings.Contains(w.logs.String(), `"event":"worker.connection_lost"`) {
 		t.Error("the lost connection was not logged")
 	}
+}
+
+func TestIntegrationJobStatus(t *testing.T) {
+	b := dial(t)
+	q := uniqueQueue("status")
+	b.declare(topology{queue: q, deadLetter: q + ".dead", bindDLQ: true})
+	ch := b.channel()
+	b.must(ch.ExchangeDeclare(leveret.StatusExchange, "topic", true, false, false, false, nil)) // shared: declared if absent, never deleted
+	statusQueue, err := ch.QueueDeclare("", false, true, true, false, nil)
+	b.must(err)
+	// demo.export is tracked; user 13's export fails once, then gives up.
+	b.startWorker(q, func(w *leveret.Worker) {
+		w.Handle("demo.export", []int64{1}, func(ctx context.Context, task *leveret.Task) error {
+			var req struct {
+				UserID int64 `json:"user_id"`
+			}
+			switch _ = task.Decode(&req); {
+			case req.UserID == 13 && task.Attempt == 1:
+				return errors.New("disk full")
+			case req.UserID == 13:
+				return leveret.DeadLetter(errors.New("giving up"))
+			}
+			task.Progress(ctx, 50, "wrote part 1 of 2")
+			task.Progress(ctx, 100, "wrote part 2 of 2")
+			task.Result = "exports/" + task.MessageID + ".csv"
+			return nil
+		}, leveret.Tracked())
+	})
+	schemas := leveret.NewSchemas(schemaDir)
+	atMicros := regexp.MustCompile(`\.\d{6}\+00:00$`)
+	// events publishes a task and returns its first n status events, checked, in order.
+	events := func(t *testing.T, n int, body string, props func(*amqp.Publishing)) (string, string) {
+		id := leveret.NewMessageID()
+		b.must(ch.QueueBind(statusQueue.Name, id, leveret.StatusExchange, false, nil))
+		b.publish(q, []byte(body), func(p *amqp.Publishing) { p.MessageId = id; props(p) })
+		var got []string
+		last := ""
+		for len(got) < n {
+			d := b.get(statusQueue.Name, func(amqp.Delivery) bool { return true }, "a status event of "+id)
+			var ev leveret.JobStatus
+			b.must(json.Unmarshal(d.Body, &ev))
+			if err := schemas.Validate(leveret.StatusType, 1, d.Body); err != nil || d.Type != leveret.StatusType ||
+				d.DeliveryMode != amqp.Persistent || d.RoutingKey != id || ev.JobID != id ||
+				!atMicros.MatchString(ev.At) || ev.At < last {
+				t.Errorf("event %s (%v): %+v", d.Body, err, d)
+			}
+			last = ev.At
+			percent := ""
+			if ev.Percent != nil {
+				percent = fmt.Sprint(*ev.Percent)
+			}
+			got = append(got, strings.Join([]string{ev.State, fmt.Sprint(ev.Attempt), percent, ev.Result,
+				ev.Reason, ev.Error, ev.BatchID}, "/"))
+		}
+		return id, strings.Join(got, " ")
+	}
+	export := func(p *amqp.Publishing) { p.Type = "demo.export" }
+
+	t.Run("a tracked task: started, progress, succeeded with its result", func(t *testing.T) {
+		id, got := events(t, 4, `{"user_id": 5}`, export)
+		if want := "started/1///// progress/1/50//// progress/1/100//// succeeded/1//exports/" + id + ".csv///"; got != want {
+			t.Errorf("got  %s\nwant %s", got, want)
+		}
+	})
+	t.Run("a failing tracked task: retrying, then failed", func(t *testing.T) {
+		_, got := events(t, 4, `{"user_id": 13}`, export)
+		if want := "started/1///// retrying/1////disk full/ started/2///// failed/2///dead-letter/giving up/"; got != want {
+			t.Errorf("got  %s\nwant %s", got, want)
+		}
+	})
+	t.Run("a batch member, untracked handler: succeeded with batch_id", func(t *testing.T) {
+		_, got := events(t, 2, `{}`, func(p *amqp.Publishing) { p.Headers[leveret.HeaderBatchID] = "batch-1" })
+		if want := "started/1/////batch-1 succeeded/1/////batch-1"; got != want {
+			t.Errorf("got  %s\nwant %s", got, want)
+		}
+	})
 }

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"io"
+	"os"
+	"strings"
 	"sync"
 	"time"
 )
@@ -11,12 +13,23 @@ import (
 // Logger writes one JSON object per line: ts, level and event first, then the
 // fields in the order given.
 type Logger struct {
-	mu  sync.Mutex
-	out io.Writer
+	mu    sync.Mutex
+	out   io.Writer
+	debug bool
 }
 
-// NewLogger logs to out (the worker's stderr).
-func NewLogger(out io.Writer) *Logger { return &Logger{out: out} }
+// NewLogger logs to out (the worker's stderr); debug lines only with
+// LEVERET_LOG_LEVEL=debug.
+func NewLogger(out io.Writer) *Logger {
+	return &Logger{out: out, debug: strings.EqualFold(os.Getenv("LEVERET_LOG_LEVEL"), "debug")}
+}
+
+// Debug logs an event only when debug lines are on.
+func (l *Logger) Debug(event string, kv ...interface{}) {
+	if l != nil && l.debug {
+		l.log("debug", event, kv)
+	}
+}
 
 // Info, Warn and Error log an event with key, value pairs.
 func (l *Logger) Info(event string, kv ...interface{})  { l.log("info", event, kv) }

@@ -12,6 +12,7 @@ import (
 type handler struct {
 	fn       HandlerFunc
 	versions map[int64]bool
+	tracked  bool // reports its status to leveret.status
 }
 
 // router holds a queue's handlers and checks deliveries against them: steps 1
@@ -21,6 +22,18 @@ type router struct {
 	maxSize  int
 	schemas  *Schemas
 	handlers map[string]*handler
+}
+
+// tracked lists the types whose handlers are tracked.
+func (r *router) tracked() []string {
+	var types []string
+	for t, h := range r.handlers {
+		if h.tracked {
+			types = append(types, t)
+		}
+	}
+	sort.Strings(types)
+	return types
 }
 
 // resolve checks a delivery in the contract's order (size, content type, type,

@@ -31,8 +31,26 @@ type Task struct {
 	Headers       amqp.Table
 	Body          []byte // UTF-8 JSON, valid against schemas/<type>.v<version>.json
 
+	// Result may be set by a tracked handler: a reference to its result (a
+	// URL, a path), reported with the succeeded status.
+	Result string
+
 	schemas *Schemas
 	publish func(ctx context.Context, exchange, key string, msg amqp.Publishing) error
+	status  func(ctx context.Context, ev JobStatus) // set when the task is tracked
+}
+
+// Tracked tells whether the task reports its status (a tracked handler, or a
+// batch member).
+func (t *Task) Tracked() bool { return t.status != nil }
+
+// Progress reports a tracked task's progress to leveret.status: a percent (0
+// to 100) and a line of text. It returns once the broker confirmed it; a
+// failure is logged, never returned. For an untracked task it does nothing.
+func (t *Task) Progress(ctx context.Context, percent float64, message string) {
+	if t.status != nil {
+		t.status(ctx, JobStatus{State: "progress", Percent: &percent, Message: message})
+	}
 }
 
 // Decode unmarshals the body into v. A body that passed the JSON Schema but

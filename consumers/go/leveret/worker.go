@@ -52,13 +52,23 @@ func New(cfg Config, log *Logger) *Worker {
 	}
 }
 
+// HandlerOption changes how a handler is run.
+type HandlerOption func(*handler)
+
+// Tracked makes a handler's tasks report their status to leveret.status:
+// started, Task.Progress, then succeeded (with Task.Result), retrying or failed.
+func Tracked() HandlerOption { return func(h *handler) { h.tracked = true } }
+
 // Handle registers fn for the given versions of a message type. Every other
 // version of the type is dead-lettered as unknown-version, every other type as
 // unknown-type.
-func (w *Worker) Handle(msgType string, versions []int64, fn HandlerFunc) {
+func (w *Worker) Handle(msgType string, versions []int64, fn HandlerFunc, options ...HandlerOption) {
 	h := &handler{fn: fn, versions: map[int64]bool{}}
 	for _, v := range versions {
 		h.versions[v] = true
+	}
+	for _, option := range options {
+		option(h)
 	}
 	w.router.handlers[msgType] = h
 }
@@ -126,6 +136,16 @@ func (w *Worker) session(ctx context.Context, resumed bool) (consumed bool, err 
 	if err := w.verify(conn); err != nil {
 		return false, err
 	}
+	// Status goes to leveret.status only if it exists: publishing to a missing
+	// exchange would close the confirm channel that copies are settled on.
+	canReport, err := w.exists(conn, "exchange", StatusExchange)
+	if err != nil {
+		return false, err
+	}
+	if tracked := w.router.tracked(); !canReport && len(tracked) > 0 {
+		w.log.Warn("status.exchange_missing", "exchange", StatusExchange, "tracked", tracked,
+			"hint", "status is not reported")
+	}
 	pubCh, err := conn.Channel()
 	if err != nil {
 		return false, err
@@ -173,7 +193,7 @@ func (w *Worker) session(ctx context.Context, resumed bool) (consumed bool, err 
 			w.inflight.Add(1)
 			go func() {
 				defer w.inflight.Done()
-				w.process(pub, d)
+				w.process(pub, d, canReport)
 			}()
 		case e := <-connClosed:
 			return true, closedError("connection", e)
@@ -225,29 +245,41 @@ func (w *Worker) verify(conn *amqp.Connection) error {
 	}
 	var missing []string
 	for _, c := range checks {
-		ch, err := conn.Channel()
+		ok, err := w.exists(conn, c.kind, c.name)
 		if err != nil {
 			return err
 		}
-		if c.kind == "queue" {
-			_, err = ch.QueueDeclarePassive(c.name, true, false, false, false, nil)
-		} else {
-			err = ch.ExchangeDeclarePassive(c.name, "", true, false, false, false, nil)
-		}
-		var amqpErr *amqp.Error
-		switch {
-		case err == nil:
-			_ = ch.Close()
-		case errors.As(err, &amqpErr) && amqpErr.Code == amqp.NotFound:
+		if !ok {
 			missing = append(missing, fmt.Sprintf("%s %q", c.kind, c.name))
-		default:
-			return classify(err)
 		}
 	}
 	if len(missing) > 0 {
 		return &TopologyMissingError{Missing: missing}
 	}
 	return nil
+}
+
+// exists is a passive declare of a queue or an exchange, on a channel of its own.
+func (w *Worker) exists(conn *amqp.Connection, kind, name string) (bool, error) {
+	ch, err := conn.Channel()
+	if err != nil {
+		return false, err
+	}
+	if kind == "queue" {
+		_, err = ch.QueueDeclarePassive(name, true, false, false, false, nil)
+	} else {
+		err = ch.ExchangeDeclarePassive(name, "", true, false, false, false, nil)
+	}
+	var amqpErr *amqp.Error
+	switch {
+	case err == nil:
+		_ = ch.Close()
+		return true, nil
+	case errors.As(err, &amqpErr) && amqpErr.Code == amqp.NotFound:
+		return false, nil
+	default:
+		return false, classify(err)
+	}
 }
 
 // waitForConsumer asks the broker, rather than trusting the client, that the
@@ -302,13 +334,32 @@ func (w *Worker) finish() {
 	}
 }
 
-// process checks, handles and settles one delivery, and logs its outcome.
-func (w *Worker) process(pub *confirmer, d amqp.Delivery) {
+// process checks, handles and settles one delivery, and logs its outcome. A
+// tracked task, or a batch member (even an invalid one), reports its status
+// when leveret.status exists.
+func (w *Worker) process(pub *confirmer, d amqp.Delivery, canReport bool) {
 	start := time.Now()
+	_, member := BatchID(d.Headers)
+	if member && !canReport {
+		w.log.Error("status.batch_member_unreported", "message_id", d.MessageId,
+			"hint", "no "+StatusExchange+" exchange: apply a tracked app's topology")
+	}
+	tracked := member && canReport
+	status := w.statusOf(pub, &d)
+	bg := context.Background()
 	task, fn, err := w.router.resolve(&d)
 	if err == nil {
 		task.publish = pub.Publish
+		if tracked = tracked || (w.router.handlers[d.Type].tracked && canReport); tracked {
+			task.status = status
+			status(bg, JobStatus{State: "started"})
+		}
 		err = w.call(fn, task)
+		if err == nil && tracked {
+			// Before the ack: a crash in between repeats the task, never
+			// leaves a finished job looking unfinished.
+			status(bg, JobStatus{State: "succeeded", Result: task.Result})
+		}
 	}
 	var failure *Failure
 	if err != nil {
@@ -316,6 +367,18 @@ func (w *Worker) process(pub *confirmer, d amqp.Delivery) {
 		failure = &f
 	}
 	outcome := w.settle(pub, &d, failure)
+	// After the copy was confirmed and the delivery settled. The worker does
+	// not know the retry policy: no next_attempt_at, and a transient failure on
+	// the last attempt (which the broker sends on to Q.dlq) reads "retrying".
+	if tracked && failure != nil {
+		message := Truncate(failure.Message, MaxErrorMessage, false)
+		switch outcome {
+		case "retry_scheduled":
+			status(bg, JobStatus{State: "retrying", Error: message})
+		case "dead_lettered":
+			status(bg, JobStatus{State: "failed", Reason: failure.Reason, Error: message})
+		}
+	}
 	w.report(&d, outcome, failure, time.Since(start))
 }
 

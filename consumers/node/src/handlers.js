@@ -5,8 +5,15 @@ import { setTimeout as sleep } from "node:timers/promises";
 
 export const CONSUMER_NAME = "node";
 
-/** demo.export: pretend to write an export (log a line). */
+/**
+ * demo.export, tracked: pretend to write an export in two parts, reporting
+ * progress after each, and return a reference to the result.
+ */
 export async function exportReport(task, ctx) {
+  for (const part of [1, 2]) {
+    await sleep(25, undefined, { signal: ctx.signal });
+    await ctx.progress(part * 50, `wrote part ${part} of 2`);
+  }
   ctx.log.info("export.written", {
     message_id: ctx.messageId,
     version: ctx.version,
@@ -14,6 +21,7 @@ export async function exportReport(task, ctx) {
     format: task.format,
     columns: task.columns ?? null,
   });
+  return `exports/${ctx.messageId}.${task.format}`;
 }
 
 /** The failure a conformance task asks for. */
@@ -41,6 +49,6 @@ export async function conformance(task, ctx) {
 }
 
 export const handlers = [
-  { type: "demo.export", versions: [1, 2], handle: exportReport },
+  { type: "demo.export", versions: [1, 2], handle: exportReport, track: true },
   { type: "leveret.conformance", versions: [1], handle: conformance },
 ];

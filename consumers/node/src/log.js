@@ -13,7 +13,10 @@ export function log(level, event, fields = {}) {
   process.stderr.write(`${JSON.stringify(line)}\n`);
 }
 
+const debugging = (process.env.LEVERET_LOG_LEVEL ?? "").toLowerCase() === "debug";
+
 export const logger = {
+  debug: debugging ? (event, fields) => log("debug", event, fields) : () => {}, // LEVERET_LOG_LEVEL=debug
   info: (event, fields) => log("info", event, fields),
   warn: (event, fields) => log("warning", event, fields),
   error: (event, fields) => log("error", event, fields),

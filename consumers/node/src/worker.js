@@ -9,6 +9,7 @@ import amqp from "amqplib";
 import { redact, scrub } from "./config.js";
 import { ConfirmPublisher } from "./confirm.js";
 import { logger } from "./log.js";
+import { STATUS_EXCHANGE, batchOf, report } from "./status.js";
 import {
   DEFAULT_MAX_SIZE,
   HandlerTimeout,
@@ -41,7 +42,7 @@ class ConnectionLost extends Error {
  * @param options.url        the broker URL
  * @param options.queue      the work queue Q
  * @param options.schemas    a Schemas instance (src/schemas.js)
- * @param options.handlers   [{type, versions: [1, 2], handle(payload, ctx), timeoutMs?}]
+ * @param options.handlers   [{type, versions: [1, 2], handle(payload, ctx), timeoutMs?, track?}]
  * @param options.prefetch   basic.qos prefetch, and so the handlers running at once
  * @param options.graceMs    how long in-flight handlers may run on after stop()
  * @param options.maxSize    the largest body accepted
@@ -51,6 +52,7 @@ export class Worker {
   #stopRequested = false;
   #onStop = [];
   #inflight = new Set();
+  #canReport = false; // the leveret.status exchange exists (checked at each connect)
 
   constructor({ url, queue, schemas, handlers, prefetch = 8, graceMs = 30_000, maxSize = DEFAULT_MAX_SIZE, log = logger }) {
     this.url = url;
@@ -66,13 +68,13 @@ export class Worker {
     if (this.handlers.size === 0) throw new StartupError("no handlers: nothing to consume");
   }
 
-  #register({ type, versions, handle, timeoutMs = DEFAULT_TIMEOUT_MS }) {
+  #register({ type, versions, handle, timeoutMs = DEFAULT_TIMEOUT_MS, track = false }) {
     if (typeof handle !== "function") throw new StartupError(`handler for ${type}: handle must be a function`);
     for (const v of versions) {
       if (!this.schemas.has(type, v)) throw new StartupError(`handler for ${type} v${v}: no schema file for it`);
     }
     if (this.handlers.has(type)) throw new StartupError(`two handlers for ${type}`);
-    this.handlers.set(type, { type, versions: new Set(versions), handle, timeoutMs });
+    this.handlers.set(type, { type, versions: new Set(versions), handle, timeoutMs, track: Boolean(track) });
   }
 
   /** Ask the worker to shut down gracefully (safe from a signal handler). */
@@ -224,21 +226,34 @@ export class Worker {
     ];
     const missing = [];
     for (const [kind, name] of needed) {
-      const ch = await conn.createChannel();
-      ch.on("error", () => {}); // a 404 closes this channel; the rejection below reports it
-      try {
-        await (kind === "queue" ? ch.checkQueue(name) : ch.checkExchange(name));
-        await ch.close();
-      } catch (err) {
-        if (err?.code === 403) throw new StartupError(`access refused on ${kind} '${name}': ${this.#text(err)}`);
-        if (err?.code !== 404) throw err;
-        missing.push(`${kind} '${name}'`);
-      }
+      if (!(await this.#exists(conn, kind, name))) missing.push(`${kind} '${name}'`);
+    }
+    // Status goes to leveret.status only if it exists: publishing to a missing
+    // exchange would close the confirm channel that copies are settled on.
+    this.#canReport = await this.#exists(conn, "exchange", STATUS_EXCHANGE);
+    const tracked = [...this.handlers.values()].filter((h) => h.track).map((h) => h.type);
+    if (!this.#canReport && tracked.length) {
+      this.log.warn("status.exchange_missing", { exchange: STATUS_EXCHANGE, tracked, hint: "status is not reported" });
     }
     if (missing.length === 0) return;
     const line = `missing on the broker: ${missing.join(", ")}; run \`leveret topology apply\``;
     if (!started) throw new StartupError(line);
     throw new Error(line); // after a start: wait for the topology to come back
+  }
+
+  /** A passive declare, on a channel of its own (a 404 closes the channel). */
+  async #exists(conn, kind, name) {
+    const ch = await conn.createChannel();
+    ch.on("error", () => {}); // a 404 closes this channel; the rejection below reports it
+    try {
+      await (kind === "queue" ? ch.checkQueue(name) : ch.checkExchange(name));
+      await ch.close();
+      return true;
+    } catch (err) {
+      if (err?.code === 403) throw new StartupError(`access refused on ${kind} '${name}': ${this.#text(err)}`);
+      if (err?.code !== 404) throw err;
+      return false;
+    }
   }
 
   /** A reconnect that leaves zero consumers is a silent failure: ask the broker. */
@@ -269,19 +284,39 @@ export class Worker {
     const started = performance.now();
     const delivery = toDelivery(msg);
     let decision = null; // null: ack
+    // A batch member reports its end, tracked or not (even when it is invalid).
+    const member = batchOf(delivery) !== null;
+    if (member && !this.#canReport) {
+      this.log.error("status.batch_member_unreported", {
+        message_id: delivery.messageId,
+        hint: `no '${STATUS_EXCHANGE}' exchange: apply a tracked app's topology`,
+      });
+    }
+    let tracked = member && this.#canReport;
+    const status = (state, fields) => report({ publisher, schemas: this.schemas, log: this.log }, delivery, state, fields);
     try {
       const { handler, version, payload } = resolve(delivery, {
         handlers: this.handlers,
         validate: (type, v, value) => this.schemas.validate(type, v, value),
         maxSize: this.maxSize,
       });
+      tracked ||= handler.track && this.#canReport;
       const controller = new AbortController();
-      const ctx = this.#context(delivery, version, publisher, controller.signal);
-      await this.#call(handler, payload, ctx, controller);
+      const ctx = this.#context(delivery, version, publisher, controller.signal, tracked ? status : null);
+      if (tracked) await status("started");
+      const result = await this.#call(handler, payload, ctx, controller);
+      // Before the ack: a crash in between repeats the task, never leaves a
+      // finished job looking unfinished.
+      if (tracked) await status("succeeded", { result: typeof result === "string" ? result : undefined });
     } catch (err) {
       decision = failure(delivery, this.queue, err, { consumer: `${this.queue}@${this.identity}` });
     }
     const outcome = await this.#settle(msg, decision, consume, publisher);
+    // After the copy was confirmed and the delivery settled. The worker does
+    // not know the retry policy: no next_attempt_at, and a transient failure on
+    // the last attempt (which the broker sends on to Q.dlq) reads "retrying".
+    if (tracked && outcome === "retry_scheduled") await status("retrying", { error: decision.error });
+    if (tracked && outcome === "dead_lettered") await status("failed", { reason: decision.reason, error: decision.error });
     const fields = {
       message_id: delivery.messageId,
       type: delivery.type,
@@ -297,7 +332,7 @@ export class Worker {
     this.log[level](`message.${outcome}`, fields);
   }
 
-  /** Run a handler with its timeout; on timeout, abort ctx.signal and fail (transient). */
+  /** Run a handler with its timeout, resolving to what it returned; on timeout, abort ctx.signal and fail (transient). */
   async #call(handler, payload, ctx, controller) {
     let timer;
     const timeout = new Promise((_, reject) => {
@@ -308,14 +343,14 @@ export class Worker {
       }, handler.timeoutMs);
     });
     try {
-      await Promise.race([Promise.resolve().then(() => handler.handle(payload, ctx)), timeout]);
+      return await Promise.race([Promise.resolve().then(() => handler.handle(payload, ctx)), timeout]);
     } finally {
       clearTimeout(timer);
     }
   }
 
-  /** What a handler gets besides its payload. */
-  #context(delivery, version, publisher, signal) {
+  /** What a handler gets besides its payload. `status` is set for a tracked job. */
+  #context(delivery, version, publisher, signal, status) {
     const schemas = this.schemas;
     const maxSize = this.maxSize;
     return {
@@ -330,6 +365,15 @@ export class Worker {
       /** Aborted when the handler times out: pass it to anything cancellable. */
       signal,
       log: this.log,
+      /** Whether this job reports its status (a tracked handler, or a batch member). */
+      tracked: status !== null,
+      /**
+       * Report progress: a percent (0-100) and a line of text, to leveret.status.
+       * Resolves once confirmed; never rejects. Does nothing for an untracked job.
+       */
+      async progress(percent, message) {
+        if (status) await status("progress", { percent, message });
+      },
       /**
        * Publish a message the way the contract says: validated, with its
        * properties, persistent, mandatory, and confirmed before this resolves.

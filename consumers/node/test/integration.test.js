@@ -13,6 +13,12 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import amqp from "amqplib";
+import { DEFAULT_SCHEMAS } from "../src/config.js";
+import { conformance, exportReport } from "../src/handlers.js";
+import { Schemas } from "../src/schemas.js";
+import { STATUS_EXCHANGE } from "../src/status.js";
+import { DeadLetter } from "../src/wire.js";
+import { Worker } from "../src/worker.js";
 import { peekHeaders } from "./helpers/amqp-peek.js";
 
 const URL_ = process.env.LEVERET_TEST_URL || "amqp://guest:guest@127.0.0.1:5672/";
@@ -151,8 +157,7 @@ class Harness {
   }
 
   /** Publish a task as a conformant publisher does; returns its message id. */
-  async publish({ payload, body, type = "leveret.conformance", headers = { "leveret-version": int(1) }, contentType = "application/json" } = {}) {
-    const messageId = randomUUID();
+  async publish({ payload, body, type = "leveret.conformance", headers = { "leveret-version": int(1) }, contentType = "application/json", messageId = randomUUID() } = {}) {
     const content = body ?? Buffer.from(JSON.stringify({ receipt_exchange: `${this.q}.receipts`, receipt_routing_key: "", ...payload }));
     this.ch.publish(`${this.q}.ex`, ROUTING_KEY, Buffer.from(content), {
       contentType,
@@ -388,5 +393,93 @@ describe("reconnecting", { skip: skip || (!rabbitmqctl && "rabbitmqctl is not av
     const id = await h.publish({ payload: { note: "after reconnect" } });
     assert.deepEqual((await h.receipt(id)).map((r) => r.attempt), [1]);
     assert.ok(worker.events("worker.connection_lost").length >= 1);
+  });
+});
+
+describe("job status", { skip, timeout: 60_000 }, () => {
+  const h = new Harness("status");
+  const schemas = available ? Schemas.load(DEFAULT_SCHEMAS) : null;
+  const silent = { debug() {}, info() {}, warn() {}, error() {} };
+  let worker;
+  let running;
+  before(async () => {
+    await h.setUp();
+    await h.ch.assertExchange(STATUS_EXCHANGE, "topic", { durable: true }); // shared: declared if absent, never deleted
+    await h.ch.assertQueue(`${h.q}.status`, { exclusive: true });
+    // demo.export is tracked; user 13's export fails once, then gives up.
+    const fails = (task, ctx) => {
+      if (ctx.attempt === 1) throw new Error("disk full");
+      throw new DeadLetter("giving up");
+    };
+    worker = new Worker({
+      url: URL_,
+      queue: h.q,
+      schemas,
+      log: silent,
+      handlers: [
+        { type: "demo.export", versions: [1], track: true, handle: (task, ctx) => (task.user_id === 13 ? fails : exportReport)(task, ctx) },
+        { type: "leveret.conformance", versions: [1], handle: conformance },
+      ],
+    });
+    running = worker.run();
+    await waitFor(async () => (await h.ch.checkQueue(h.q)).consumerCount > 0, "the worker to consume");
+  });
+  after(async () => {
+    worker?.stop();
+    await running;
+    await h.tearDown();
+  });
+
+  /** Publish a task whose status events go to the test's queue; resolves to the events once `n` arrived. */
+  async function events(n, spec) {
+    const id = randomUUID();
+    await h.ch.bindQueue(`${h.q}.status`, STATUS_EXCHANGE, id);
+    await h.publish({ ...spec, messageId: id });
+    const got = [];
+    await waitFor(async () => {
+      for (let msg; (msg = await h.ch.get(`${h.q}.status`, { noAck: true })); ) {
+        assert.equal(msg.properties.type, "leveret.job.status");
+        assert.equal(msg.properties.deliveryMode, 2);
+        assert.equal(msg.fields.routingKey, id);
+        assert.equal(schemas.validate("leveret.job.status", 1, JSON.parse(msg.content.toString())), null);
+        got.push(JSON.parse(msg.content.toString())); // unvalidated: ajv fills in the defaults
+      }
+      return got.length >= n;
+    }, `${n} status events of ${id}`);
+    assert.ok(got.every((e) => e.job_id === id && /\.\d{6}\+00:00$/.test(e.at)));
+    assert.deepEqual([...got].sort((a, b) => (a.at < b.at ? -1 : 1)), got, "in the order of `at`");
+    return { id, events: got };
+  }
+
+  it("a tracked task reports started, progress, progress, succeeded with its result", async () => {
+    const { id, events: got } = await events(4, { type: "demo.export", body: '{"user_id": 5}' });
+    assert.deepEqual(
+      got.map(({ state, percent, message, result, attempt }) => ({ state, percent, message, result, attempt })),
+      [
+        { state: "started", percent: undefined, message: undefined, result: undefined, attempt: 1 },
+        { state: "progress", percent: 50, message: "wrote part 1 of 2", result: undefined, attempt: 1 },
+        { state: "progress", percent: 100, message: "wrote part 2 of 2", result: undefined, attempt: 1 },
+        { state: "succeeded", percent: undefined, message: undefined, result: `exports/${id}.csv`, attempt: 1 },
+      ],
+    );
+  });
+
+  it("a failing tracked task reports retrying, then failed", async () => {
+    const { events: got } = await events(4, { type: "demo.export", body: '{"user_id": 13}' });
+    assert.deepEqual(
+      got.map(({ state, attempt, reason, error }) => ({ state, attempt, reason, error })),
+      [
+        { state: "started", attempt: 1, reason: undefined, error: undefined },
+        { state: "retrying", attempt: 1, reason: undefined, error: "disk full" },
+        { state: "started", attempt: 2, reason: undefined, error: undefined },
+        { state: "failed", attempt: 2, reason: "dead-letter", error: "giving up" },
+      ],
+    );
+  });
+
+  it("a batch member reports its end with batch_id, its handler untracked", async () => {
+    const headers = { "leveret-version": int(1), "leveret-batch-id": "batch-1" };
+    const { events: got } = await events(2, { payload: { note: "member" }, headers });
+    assert.deepEqual(got.map((e) => [e.state, e.batch_id]), [["started", "batch-1"], ["succeeded", "batch-1"]]);
   });
 });

@@ -183,6 +183,41 @@ class IntegrationTest < Minitest::Test
     publisher&.close
   end
 
+  # Job status, with the worker in-process: demo.export tracked (user 13's
+  # export fails once, then gives up), leveret.conformance not.
+  def test_job_status
+    @ch.exchange(Leveret::Status::EXCHANGE, type: :topic, durable: true) # shared: declared if absent, never deleted
+    @status_queue = @ch.queue("", exclusive: true)
+    app = Leveret::App.new(queue: @q, schemas: schemas)
+    app.handle("demo.export", versions: [1], track: true) do |payload, ctx|
+      next Leveret::Demo.export(payload, ctx) unless payload["user_id"] == 13
+      raise "disk full" if ctx.attempt == 1
+
+      raise Leveret::DeadLetter, "giving up"
+    end
+    app.handle("leveret.conformance", versions: [1]) { |payload, ctx| Leveret::Demo.conformance(payload, ctx) }
+    worker = Leveret::Worker.new(app: app, url: URL, log: Leveret::Log.new(StringIO.new))
+    thread = Thread.new { worker.run(install_signal_handlers: false) }
+    wait_for("the worker to consume") { consumers(@q).positive? }
+
+    id, events = tracked_task('{"user_id": 5}', type: "demo.export", count: 4)
+    assert_equal [["started", nil], ["progress", 50], ["progress", 100], ["succeeded", nil]],
+                 events.map { |e| [e["state"], e["percent"]] }
+    assert_equal "wrote part 2 of 2", events[2]["message"]
+    assert_equal "exports/#{id}.csv", events[3]["result"]
+
+    _, events = tracked_task('{"user_id": 13}', type: "demo.export", count: 4)
+    assert_equal [["started", 1, nil, nil], ["retrying", 1, nil, "disk full"], ["started", 2, nil, nil],
+                  ["failed", 2, "dead-letter", "giving up"]],
+                 events.map { |e| e.values_at("state", "attempt", "reason", "error") }
+
+    _, events = tracked_task("{}", count: 2, headers: { "leveret-version" => 1, "leveret-batch-id" => "batch-1" })
+    assert_equal [%w[started batch-1], %w[succeeded batch-1]], events.map { |e| e.values_at("state", "batch_id") }
+  ensure
+    worker&.stop
+    thread&.join(WAIT)
+  end
+
   def test_missing_topology_is_one_line_and_exit_1
     @stderr = Tempfile.new("worker")
     pid = Process.spawn({ "LEVERET_URL" => URL, "LEVERET_QUEUE" => "#{@q}.absent" }, RbConfig.ruby, WORKER,
@@ -282,8 +317,7 @@ class IntegrationTest < Minitest::Test
     publish_raw(body)
   end
 
-  def publish_raw(body, type: "leveret.conformance", headers: { "leveret-version" => 1 })
-    id = SecureRandom.uuid
+  def publish_raw(body, type: "leveret.conformance", headers: { "leveret-version" => 1 }, id: SecureRandom.uuid)
     ch = @conn.create_channel
     ch.confirm_select
     ch.basic_publish(body, @exchange, "conformance",
@@ -292,6 +326,28 @@ class IntegrationTest < Minitest::Test
     assert ch.wait_for_confirms, "the test's publish was confirmed"
     ch.close
     id
+  end
+
+  # Publish a task and return its id and its first `count` status events,
+  # checked against the schema and in the order of their `at`.
+  def tracked_task(body, count:, **options)
+    id = SecureRandom.uuid
+    @status_queue.bind(Leveret::Status::EXCHANGE, routing_key: id)
+    publish_raw(body, id: id, **options)
+    got = []
+    wait_for("#{count} status events of #{id}") do
+      drain(@status_queue.name) { |props, raw| got << [props, JSON.parse(raw)] }
+      got.size >= count
+    end
+    got.each do |props, event|
+      assert_equal ["leveret.job.status", 2], [props.type, props.delivery_mode]
+      assert schemas.valid?("leveret.job.status", 1, event), event.inspect
+      assert_equal id, event["job_id"]
+      assert_match(/\.\d{6}\+00:00\z/, event["at"])
+    end
+    events = got.map(&:last)
+    assert_equal events.sort_by { |e| e["at"] }, events
+    [id, events]
   end
 
   def receipts

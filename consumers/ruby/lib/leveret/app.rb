@@ -13,7 +13,7 @@ module Leveret
     # which the broker closes the channel of a consumer that has not acked.
     DEFAULT_TIMEOUT = 25 * 60
 
-    Handler = Struct.new(:type, :versions, :timeout, :callable, keyword_init: true) do
+    Handler = Struct.new(:type, :versions, :timeout, :callable, :track, keyword_init: true) do
       def name = "#{type} v#{versions.join(',')}"
     end
 
@@ -33,8 +33,12 @@ module Leveret
     # failure (retried through the tiers); raising Leveret::DeadLetter gives up
     # at once.
     #
+    # With `track: true` the job reports its status to leveret.status (started,
+    # ctx.progress, then succeeded, retrying or failed); a String the block
+    # returns is the `result` of its succeeded event (a URL, a path).
+    #
     # @raise [ConfigurationError] no schema file for a version, or the type already has a handler
-    def handle(type, versions:, timeout: DEFAULT_TIMEOUT, callable: nil, &block)
+    def handle(type, versions:, timeout: DEFAULT_TIMEOUT, track: false, callable: nil, &block)
       callable ||= block
       raise ConfigurationError, "handle(#{type.inspect}) needs a block or a callable" unless callable
       raise ConfigurationError, "#{type} already has a handler on #{queue}" if @handlers.key?(type)
@@ -49,7 +53,8 @@ module Leveret
           raise ConfigurationError, "no schema file #{type}.v#{v}.json in the schema directory"
         end
       end
-      @handlers[type] = Handler.new(type: type, versions: versions.sort, timeout: timeout, callable: callable)
+      @handlers[type] = Handler.new(type: type, versions: versions.sort, timeout: timeout, callable: callable,
+                                    track: track ? true : false)
       self
     end
 
@@ -89,7 +94,8 @@ module Leveret
   class Context
     attr_reader :message_id, :type, :version, :queue, :attempt, :redelivered, :correlation_id, :headers
 
-    def initialize(delivery:, version:, queue:, publisher: nil, schemas: nil, log: nil)
+    # @param status [#call, nil] reports a state of this job (set when it is tracked)
+    def initialize(delivery:, version:, queue:, publisher: nil, schemas: nil, log: nil, status: nil)
       @message_id = delivery.message_id.to_s
       @type = delivery.type
       @version = version
@@ -101,9 +107,20 @@ module Leveret
       @publisher = publisher
       @schemas = schemas
       @log = log
+      @status = status
     end
 
     def redelivered? = @redelivered
+
+    # Whether this job reports its status (a tracked handler, or a batch member).
+    def tracked? = !@status.nil?
+
+    # Report progress to leveret.status: a percent (0 to 100) and a line of
+    # text. Returns once confirmed; never raises. Does nothing for an untracked job.
+    def progress(percent, message = nil)
+      @status&.call("progress", percent: percent, message: message)
+      nil
+    end
 
     # The worker's logger (JSON lines on stderr).
     def log = @log || (@log = Log.new)

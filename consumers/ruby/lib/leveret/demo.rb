@@ -13,18 +13,25 @@ module Leveret
 
     # Register both handlers on an app.
     def register(app)
-      app.handle("demo.export", versions: [1, 2]) { |payload, ctx| export(payload, ctx) }
+      app.handle("demo.export", versions: [1, 2], track: true) { |payload, ctx| export(payload, ctx) }
       app.handle("leveret.conformance", versions: [1]) { |payload, ctx| conformance(payload, ctx) }
       app
     end
 
-    # demo.export v1 and v2: pretend to write the export and log a line.
+    # demo.export v1 and v2, tracked: pretend to write the export in two
+    # parts, reporting progress after each, log a line and return a reference
+    # to the result.
     def export(payload, ctx)
       columns = payload["columns"] || %w[id name total]
-      sleep 0.05
+      format = payload.fetch("format", "csv")
+      [1, 2].each do |part|
+        sleep 0.025
+        ctx.progress(part * 50, "wrote part #{part} of 2")
+      end
       ctx.log.info("demo.export_written",
                    message_id: ctx.message_id, version: ctx.version, user_id: payload["user_id"],
-                   format: payload.fetch("format", "csv"), columns: columns)
+                   format: format, columns: columns)
+      "exports/#{ctx.message_id}.#{format}"
     end
 
     # leveret.conformance v1, as docs/contract.md §8 says: sleep `sleep_ms`,
@@ -44,6 +51,7 @@ module Leveret
       ctx.publish(RECEIPT_TYPE, 1,
                   { "message_id" => ctx.message_id, "attempt" => ctx.attempt, "consumer" => "ruby" },
                   exchange: exchange, routing_key: payload["receipt_routing_key"] || "")
+      nil # no result to report: the receipt's message id is not one
     end
   end
 end

@@ -45,6 +45,7 @@ module Leveret
       @inflight_mutex = Mutex.new
       @stopping = false
       @stop_requested = false
+      @can_report = false # leveret.status exists (checked at start)
       @subscriptions = 0
       @wake_r, @wake_w = IO.pipe
     end
@@ -61,6 +62,7 @@ module Leveret
 
       verify_topology!
       @publisher = ConfirmPublisher.new(@connection)
+      @status = Status::Reporter.new(publisher: @publisher, schemas: @app.schemas, log: @log)
       @connection.after_recovery_completed { wake("R") }
       start_consuming
       @log.info("worker.consuming", queue: @app.queue, prefetch: @prefetch, concurrency: @concurrency,
@@ -133,22 +135,29 @@ module Leveret
     # The contract's set-up: Q, Q.retry, Q.dead and Q.dlq must exist. Passive
     # declares only, each on its own channel (a 404 closes the channel).
     def verify_topology!
-      missing = Wire.required(@app.queue).reject do |kind, name|
-        ch = @connection.create_channel
-        begin
-          kind == :queue ? ch.queue_declare(name, passive: true) : ch.exchange_declare(name, "direct", passive: true)
-          true
-        rescue Bunny::NotFound
-          false
-        ensure
-          ch.close if ch.open?
-        end
+      missing = Wire.required(@app.queue).reject { |kind, name| exists?(kind, name) }
+      # Status goes to leveret.status only if it exists: publishing to a
+      # missing exchange would close the confirm channel copies are settled on.
+      @can_report = exists?(:exchange, Status::EXCHANGE)
+      tracked = @app.handlers.values.select(&:track).map(&:type)
+      if !@can_report && tracked.any?
+        @log.warning("status.exchange_missing", exchange: Status::EXCHANGE, tracked: tracked, hint: "status is not reported")
       end
       return if missing.empty?
 
       raise TopologyMissing,
             "missing on the broker: #{missing.map { |k, n| "#{k} #{n.inspect}" }.join(', ')}; " \
             "run `leveret topology apply`"
+    end
+
+    def exists?(kind, name)
+      ch = @connection.create_channel
+      kind == :queue ? ch.queue_declare(name, passive: true) : ch.exchange_declare(name, "direct", passive: true)
+      true
+    rescue Bunny::NotFound
+      false
+    ensure
+      ch.close if ch&.open?
     end
 
     # --- consuming -------------------------------------------------------------------
@@ -191,24 +200,51 @@ module Leveret
         delivery = to_delivery(info, props, body)
         copy = nil
         version = nil
+        tracked = batch_member?(delivery)
+        status = ->(state, **fields) { @status.report(delivery, state, **fields) }
         begin
           handler, version, payload = @app.resolve(delivery)
-          ctx = Context.new(delivery: delivery, version: version, queue: @app.queue,
-                            publisher: @publisher, schemas: @app.schemas, log: @log)
-          Timeout.timeout(handler.timeout, HandlerTimeout,
-                          "handler #{handler.name} exceeded its timeout of #{handler.timeout}s") do
+          tracked ||= handler.track && @can_report
+          ctx = Context.new(delivery: delivery, version: version, queue: @app.queue, publisher: @publisher,
+                            schemas: @app.schemas, log: @log, status: tracked ? status : nil)
+          status.call("started") if tracked
+          result = Timeout.timeout(handler.timeout, HandlerTimeout,
+                                   "handler #{handler.name} exceeded its timeout of #{handler.timeout}s") do
             handler.callable.call(payload, ctx)
           end
+          # Before the ack: a crash in between repeats the task, never leaves a
+          # finished job looking unfinished.
+          status.call("succeeded", result: result.is_a?(String) ? result : nil) if tracked
         rescue SignalException, SystemExit
           raise
         rescue Exception => e # rubocop:disable Lint/RescueException -- every failure is settled, never raised
           copy = Wire.failure(delivery, @app.queue, e, consumer: @identity)
         end
         outcome = settle(channel, info.delivery_tag, props, body, copy)
+        # After the copy was confirmed and the delivery settled. The worker does
+        # not know the retry policy: no next_attempt_at, and a transient failure
+        # on the last attempt (which the broker sends on to Q.dlq) reads "retrying".
+        if tracked && copy
+          case outcome
+          when "retry_scheduled" then status.call("retrying", error: copy.error)
+          when "dead_lettered" then status.call("failed", reason: copy.reason, error: copy.error)
+          end
+        end
         report(delivery, version || delivery.version, copy, outcome, monotonic - started)
       ensure
         track(-1)
       end
+    end
+
+    # A batch member reports its end, tracked or not (even when it is invalid),
+    # when leveret.status exists.
+    def batch_member?(delivery)
+      return false unless Status.batch_id(delivery)
+      return true if @can_report
+
+      @log.error("status.batch_member_unreported", message_id: delivery.message_id,
+                                                   hint: "no #{Status::EXCHANGE.inspect} exchange: apply a tracked app's topology")
+      false
     end
 
     def to_delivery(info, props, body)
