@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pika
 import pytest
 import sqlalchemy as sa
 
@@ -358,3 +359,68 @@ async def test_a_task_splits_itself_and_the_batch_publishes_its_completion(
     assert (batch["state"], batch["message"]) == ("failed", "20 of 20 done, 1 failed")
     assert len(done) == 1
     assert done[0][1:] == (batch_id, 42)
+
+
+@pytest.mark.timeout(30)
+async def test_an_invalid_batch_member_still_reports_its_end(
+    broker_url: str, names: Callable[[str], str]
+) -> None:
+    queue, exchange, events = names("chunks"), names("ex"), names("events")
+    app = App(
+        Topology(
+            exchanges=(Exchange(exchange),),
+            queues=(Queue(queue, bindings=(Binding(exchange, "chunk"),)),),
+        )
+    )
+
+    @app.handler(Chunk, queue=queue)
+    def chunk(message: Chunk, ctx: Context) -> None:
+        raise AssertionError("an invalid message never reaches its handler")
+
+    admin.apply(broker_url, app.topology)
+    member = str(uuid.uuid4())
+    with admin.channel(broker_url) as ch:
+        ch.exchange_declare(EXCHANGE, "topic", durable=True)
+        ch.queue_declare(events, exclusive=False, auto_delete=False)
+        ch.queue_bind(events, EXCHANGE, routing_key=member)
+    worker = Worker(app, broker_url)
+    running = asyncio.create_task(worker.run())
+    try:
+        with admin.channel(broker_url) as ch:
+            ch.confirm_delivery()
+            ch.basic_publish(
+                exchange,
+                "chunk",
+                b"{not json",
+                pika.BasicProperties(
+                    content_type="application/json",
+                    message_id=member,
+                    type=Chunk.message_type,
+                    headers={"leveret-version": 1, "leveret-batch-id": "b-invalid"},
+                ),
+            )
+        ended: list[JobStatus] = []
+        deadline = asyncio.get_running_loop().time() + 15
+        while not ended:
+            assert asyncio.get_running_loop().time() < deadline, "no final status event"
+            with admin.channel(broker_url) as ch:
+                method, _props, body = ch.basic_get(events, auto_ack=True)
+            if method is not None:
+                event = JobStatus.from_json(body)
+                assert isinstance(event, JobStatus)
+                if event.state in ("succeeded", "failed"):
+                    ended.append(event)
+            else:
+                await asyncio.sleep(0.1)
+    finally:
+        worker.stop()
+        await running
+        delete_queues(broker_url, app.topology)
+        with admin.channel(broker_url) as ch:
+            ch.queue_delete(events)
+
+    assert (ended[0].state, ended[0].reason, ended[0].batch_id) == (
+        "failed",
+        "invalid-json",
+        "b-invalid",
+    )

@@ -171,7 +171,10 @@ class Battery:
             )
             return bool(ended)
 
-        self._wait(reported, "the batch member's final status event")
+        self._wait(
+            lambda: reported() and task in self._receipts,
+            "the batch member's receipt and final status event",
+        )
         event = ended[0]
         ok = (event.state, event.batch_id) == ("succeeded", batch) and task in self._receipts
         detail = f"state {event.state!r}, batch_id {event.batch_id!r}"

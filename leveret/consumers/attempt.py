@@ -69,11 +69,15 @@ async def attempt(
         now: the time of a failure.
     """
     tracked: Context | None = None
+    member = isinstance(delivery.headers.get(wire.BATCH), str)
+    if member and can_report:
+        # A batch member reports its end even when it never reaches a handler
+        # (invalid JSON, an unknown type): its batch counts on it.
+        tracked = bare_context(queue, delivery, publisher)
     try:
         handler, message = app.resolve(queue, delivery, max_size=max_size)
         ctx = context_for(queue, delivery, message, publisher)
-        member = isinstance(delivery.headers.get(wire.BATCH), str)
-        if handler.track or (member and can_report):
+        if handler.track or tracked is not None:
             tracked = ctx
             await status(ctx, "started")
         elif member:
@@ -98,6 +102,23 @@ async def attempt(
             now=now(),
         )
         return Attempt(decision, tracked)
+
+
+def bare_context(
+    queue: str, delivery: wire.Delivery, publisher: HandlerPublisher | None
+) -> Context:
+    """The context of a delivery that has no valid message yet (to report its status)."""
+    return Context(
+        message_id=delivery.message_id or "",
+        type=delivery.type or "",
+        version=delivery.version or 0,
+        queue=queue,
+        attempt=delivery.attempt,
+        redelivered=delivery.redelivered,
+        correlation_id=delivery.correlation_id,
+        headers=delivery.headers,
+        publisher=publisher,
+    )
 
 
 async def call(handler: Handler, message: Message, ctx: Context, executor: Executor) -> object:
@@ -141,7 +162,7 @@ async def settled(
 
 async def status(ctx: Context, state: State, **fields: Any) -> None:
     """Publish a tracked job's status through the context's publisher."""
-    if ctx.publisher is None:
+    if ctx.publisher is None or not ctx.message_id:
         return
     batch = ctx.headers.get(wire.BATCH)
     common: dict[str, Any] = {
