@@ -37,6 +37,22 @@ _RESET = (
 )
 
 
+def replay_copy(queue: str, props: pika.BasicProperties, body: bytes) -> wire.Envelope:
+    """The copy of a dead letter that ``replay`` sends back to ``queue``."""
+    return wire.Envelope(
+        exchange="",
+        routing_key=queue,
+        body=body,
+        message_id=props.message_id,
+        type=props.type,
+        headers=replay_headers(props.headers or {}),
+        timestamp=props.timestamp or wire.now_seconds(),
+        correlation_id=props.correlation_id,
+        # Kept as it was: a replay must not make an invalid message valid.
+        content_type=props.content_type or "",
+    )
+
+
 def replay_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
     """A dead letter's headers for its replay: no failure record, no broker headers.
 
@@ -161,19 +177,7 @@ def replay(
                 break
             if wanted and props.message_id not in wanted:
                 continue
-            headers = replay_headers(props.headers or {})
-            copy = wire.Envelope(
-                exchange="",
-                routing_key=queue,
-                body=body,
-                message_id=props.message_id,
-                type=props.type,
-                headers=headers,
-                timestamp=props.timestamp or wire.now_seconds(),
-                correlation_id=props.correlation_id,
-                # Kept as it was: a replay must not make an invalid message valid.
-                content_type=props.content_type or "",
-            )
+            copy = replay_copy(queue, props, body)
             try:
                 pub.basic_publish(
                     "", queue, body, pika_properties(copy, props.app_id), mandatory=True

@@ -325,18 +325,7 @@ def _publish_copy(
     pub: BlockingChannel, queue: str, props: pika.BasicProperties, body: bytes
 ) -> None:
     """Publish the replay copy of a dead letter to ``queue`` and wait for its confirm."""
-    headers = dlq.replay_headers(props.headers or {})
-    copy = wire.Envelope(
-        exchange="",
-        routing_key=queue,
-        body=body,
-        message_id=props.message_id,
-        type=props.type,
-        headers=headers,
-        timestamp=props.timestamp or wire.now_seconds(),
-        correlation_id=props.correlation_id,
-        content_type=props.content_type or "",
-    )
+    copy = dlq.replay_copy(queue, props, body)
     try:
         pub.basic_publish("", queue, body, pika_properties(copy, props.app_id), mandatory=True)
     except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:

@@ -30,6 +30,7 @@ from leveret.publisher.core import (
     DEFAULT_MAX_SIZE,
     RECONNECT_TIMEOUT,
     PublisherCore,
+    envelopes,
     missing_exchange,
     unroutable,
 )
@@ -223,18 +224,16 @@ class AsyncPublisher(PublisherCore):
         Takes the same arguments, returns and raises the same as
         :meth:`leveret.publisher.Publisher.publish_many`.
         """
-        envs = [
-            self.envelope(
-                m,
-                exchange=exchange,
-                routing_key=routing_key,
-                correlation_id=correlation_id,
-                headers=headers,
-                delay=delay,
-                at=at,
-            )
-            for m in messages
-        ]
+        envs = envelopes(
+            self,
+            messages,
+            exchange=exchange,
+            routing_key=routing_key,
+            correlation_id=correlation_id,
+            headers=headers,
+            delay=delay,
+            at=at,
+        )
         await self.send_many(envs)
         return [env.message_id for env in envs]
 

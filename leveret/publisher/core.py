@@ -7,7 +7,7 @@ No I/O here. :class:`leveret.publisher.Publisher` (pika) and
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -116,6 +116,13 @@ class PublisherCore:
             timestamp=wire.now_seconds(),
             correlation_id=correlation_id,
         )
+
+
+def envelopes(
+    core: PublisherCore, messages: Iterable[Message], **options: Any
+) -> list[wire.Envelope]:
+    """The envelopes of ``messages``, all with the same options (``publish_many``)."""
+    return [core.envelope(m, **options) for m in messages]
 
 
 def unroutable(env: wire.Envelope) -> str:

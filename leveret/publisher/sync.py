@@ -38,6 +38,7 @@ from leveret.publisher.core import (
     DEFAULT_MAX_SIZE,
     RECONNECT_TIMEOUT,
     PublisherCore,
+    envelopes,
     missing_exchange,
     unroutable,
 )
@@ -545,18 +546,16 @@ class Publisher(PublisherCore):
             The first error of :meth:`publish` that any message met; the other
             messages were still sent and confirmed.
         """
-        envs = [
-            self.envelope(
-                m,
-                exchange=exchange,
-                routing_key=routing_key,
-                correlation_id=correlation_id,
-                headers=headers,
-                delay=delay,
-                at=at,
-            )
-            for m in messages
-        ]
+        envs = envelopes(
+            self,
+            messages,
+            exchange=exchange,
+            routing_key=routing_key,
+            correlation_id=correlation_id,
+            headers=headers,
+            delay=delay,
+            at=at,
+        )
         self.send_many(envs)
         return [env.message_id for env in envs]
 
