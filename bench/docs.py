@@ -295,7 +295,7 @@ def render(data: dict[str, Any], pngs: list[Path]) -> str:
     )
     w("")
     w(
-        "The targets are the issue's, as ratios within this run. The retry figure is the wall "
+        "The targets are leveret's performance goals, as ratios within this run. The retry figure is the wall "
         "time from the first attempt of the first message to the success of the last, every "
         "message failing once and being retried after the system's 10 ms delay. Both publish "
         "targets compare with the Go client publishing from one channel with 1000 deferred "
