@@ -7,6 +7,8 @@
 //	LEVERET_QUEUE     the work queue (default leveret.demo.tasks)
 //	LEVERET_SCHEMAS   the schemas/ directory (default: the repository's, found from this source file or the binary)
 //	LEVERET_PREFETCH  unacknowledged deliveries, and so handlers, at once (default 8)
+//	LEVERET_MAX_ATTEMPTS  the queue's max_attempts (optional): with it, a tracked job's
+//	                  transient failure on the last attempt reports "failed", not "retrying"
 //
 // SIGTERM or SIGINT stops it gracefully: the consumer is cancelled, in-flight
 // handlers finish and are settled, and it exits 0.

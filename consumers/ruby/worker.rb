@@ -10,6 +10,9 @@
 #   LEVERET_PREFETCH  unacked deliveries the broker may send ahead (default 8)
 #   LEVERET_CONCURRENCY  handlers at once (default: the prefetch)
 #   LEVERET_GRACE     seconds in-flight handlers get on SIGTERM (default 30)
+#   LEVERET_MAX_ATTEMPTS  the queue's max_attempts (optional): with it, a tracked
+#                     job's transient failure on the last attempt reports
+#                     "failed", not "retrying"
 #   LEVERET_LOG_LEVEL debug, info, warning or error (default info)
 #
 # Logs are JSON lines on stderr. Exit status: 0 after SIGTERM/SIGINT and a clean
@@ -38,11 +41,12 @@ begin
   prefetch = positive_integer("LEVERET_PREFETCH", 8)
   concurrency = positive_integer("LEVERET_CONCURRENCY", prefetch)
   grace = Float(setting("LEVERET_GRACE", "30"))
+  max_attempts = setting("LEVERET_MAX_ATTEMPTS", nil) && positive_integer("LEVERET_MAX_ATTEMPTS", nil)
 
   app = Leveret::App.new(queue: queue, schemas: schemas)
   Leveret::Demo.register(app)
   worker = Leveret::Worker.new(app: app, url: url, prefetch: prefetch, concurrency: concurrency,
-                               grace: grace, log: log)
+                               grace: grace, max_attempts: max_attempts, log: log)
 rescue Leveret::ConfigurationError, ArgumentError, JSON::ParserError => e
   log.error("worker.configuration_error", error: e.message)
   exit 2

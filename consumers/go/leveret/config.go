@@ -27,11 +27,15 @@ type Config struct {
 	Grace          time.Duration // how long in-flight handlers may take to finish on shutdown
 	StartTimeout   time.Duration // how long to keep trying to reach the broker at start
 	CheckInterval  time.Duration // between checks that the queue still has our consumer
+	// MaxAttempts is the queue's max_attempts, 0 when unknown. When known, a
+	// tracked job's transient failure on the last attempt reports "failed"
+	// rather than "retrying" (its copy still goes to Q.retry).
+	MaxAttempts int
 }
 
 // ConfigFromEnv reads LEVERET_URL (comma-separated for several nodes),
-// LEVERET_QUEUE, LEVERET_SCHEMAS and LEVERET_PREFETCH through getenv
-// (os.Getenv), with the defaults for anything unset.
+// LEVERET_QUEUE, LEVERET_SCHEMAS, LEVERET_PREFETCH and LEVERET_MAX_ATTEMPTS
+// (optional) through getenv (os.Getenv), with the defaults for anything unset.
 func ConfigFromEnv(getenv func(string) string) (Config, error) {
 	cfg := Config{
 		Queue:          DefaultQueue,
@@ -69,6 +73,13 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 			return cfg, fmt.Errorf("LEVERET_PREFETCH: want an integer from 1 to 65535, got %q", p)
 		}
 		cfg.Prefetch = n
+	}
+	if m := strings.TrimSpace(getenv("LEVERET_MAX_ATTEMPTS")); m != "" {
+		n, err := strconv.Atoi(m)
+		if err != nil || n < 1 {
+			return cfg, fmt.Errorf("LEVERET_MAX_ATTEMPTS: want a positive integer, got %q", m)
+		}
+		cfg.MaxAttempts = n
 	}
 	return cfg, nil
 }

@@ -27,15 +27,17 @@ func TestConfigDefaults(t *testing.T) {
 
 func TestConfigFromEnv(t *testing.T) {
 	cfg, err := ConfigFromEnv(env(map[string]string{
-		"LEVERET_URL":      "amqp://u:s3cret@a:5672/, amqps://u:s3cret@b:5671/vh",
-		"LEVERET_QUEUE":    "my.queue",
-		"LEVERET_SCHEMAS":  "/srv/schemas",
-		"LEVERET_PREFETCH": "32",
+		"LEVERET_URL":          "amqp://u:s3cret@a:5672/, amqps://u:s3cret@b:5671/vh",
+		"LEVERET_QUEUE":        "my.queue",
+		"LEVERET_SCHEMAS":      "/srv/schemas",
+		"LEVERET_PREFETCH":     "32",
+		"LEVERET_MAX_ATTEMPTS": "3",
 	}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(cfg.URLs) != 2 || cfg.Queue != "my.queue" || cfg.Schemas != "/srv/schemas" || cfg.Prefetch != 32 {
+	if len(cfg.URLs) != 2 || cfg.Queue != "my.queue" || cfg.Schemas != "/srv/schemas" || cfg.Prefetch != 32 ||
+		cfg.MaxAttempts != 3 {
 		t.Errorf("config %+v", cfg)
 	}
 	if strings.Contains(cfg.Broker(), "s3cret") {
@@ -47,6 +49,8 @@ func TestConfigFromEnv(t *testing.T) {
 	for _, bad := range []map[string]string{
 		{"LEVERET_PREFETCH": "0"},
 		{"LEVERET_PREFETCH": "many"},
+		{"LEVERET_MAX_ATTEMPTS": "0"},
+		{"LEVERET_MAX_ATTEMPTS": "three"},
 		{"LEVERET_URL": "http://u:s3cret@host/"},
 	} {
 		_, err := ConfigFromEnv(env(bad))

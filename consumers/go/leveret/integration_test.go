@@ -298,7 +298,16 @@ type running struct {
 // adds) on queue and waits until the broker reports its consumer.
 func (b *broker) startWorker(queue string, register ...func(*leveret.Worker)) *running {
 	b.t.Helper()
+	return b.startWorkerEnv(queue, nil, register...)
+}
+
+// startWorkerEnv is startWorker with more LEVERET_* settings in env.
+func (b *broker) startWorkerEnv(queue string, env map[string]string, register ...func(*leveret.Worker)) *running {
+	b.t.Helper()
 	cfg, err := leveret.ConfigFromEnv(func(k string) string {
+		if v, ok := env[k]; ok {
+			return v
+		}
 		return map[string]string{
 			"LEVERET_URL": brokerURL(), "LEVERET_QUEUE": queue, "LEVERET_SCHEMAS": schemaDir,
 		}[k]
@@ -691,4 +700,40 @@ func TestIntegrationJobStatus(t *testing.T) {
 			t.Errorf("got  %s\nwant %s", got, want)
 		}
 	})
+}
+
+// With LEVERET_MAX_ATTEMPTS (the topology's 3), a tracked task failing every
+// attempt reports "failed" after the last one; its copy still goes by Q.retry
+// and on to Q.dlq through the alternate exchange.
+func TestIntegrationJobStatusMaxAttempts(t *testing.T) {
+	b := dial(t)
+	q := uniqueQueue("maxattempts")
+	b.declare(topology{queue: q, deadLetter: q + ".dead", bindDLQ: true})
+	ch := b.channel()
+	b.must(ch.ExchangeDeclare(leveret.StatusExchange, "topic", true, false, false, false, nil)) // shared: declared if absent, never deleted
+	statusQueue, err := ch.QueueDeclare("", false, true, true, false, nil)
+	b.must(err)
+	b.startWorkerEnv(q, map[string]string{"LEVERET_MAX_ATTEMPTS": "3"}, func(w *leveret.Worker) {
+		w.Handle("demo.export", []int64{1}, func(ctx context.Context, task *leveret.Task) error {
+			return errors.New("disk full")
+		}, leveret.Tracked())
+	})
+	id := leveret.NewMessageID()
+	b.must(ch.QueueBind(statusQueue.Name, id, leveret.StatusExchange, false, nil))
+	b.publish(q, []byte(`{"user_id": 13}`), func(p *amqp.Publishing) { p.MessageId = id; p.Type = "demo.export" })
+	var got []string
+	for len(got) < 6 {
+		d := b.get(statusQueue.Name, func(amqp.Delivery) bool { return true }, "a status event of "+id)
+		var ev leveret.JobStatus
+		b.must(json.Unmarshal(d.Body, &ev))
+		got = append(got, strings.Join([]string{ev.State, fmt.Sprint(ev.Attempt), ev.Reason, ev.Error}, "/"))
+	}
+	want := "started/1// retrying/1//disk full started/2// retrying/2//disk full started/3// failed/3/handler-error/disk full"
+	if g := strings.Join(got, " "); g != want {
+		t.Errorf("got  %s\nwant %s", g, want)
+	}
+	letter := b.get(q+".dlq", func(d amqp.Delivery) bool { return d.MessageId == id }, "the dead letter of "+id)
+	if leveret.RetryCount(letter.Headers) != 3 || letter.Headers[leveret.HeaderReason] != "handler-error" {
+		t.Errorf("dead letter headers %v", letter.Headers)
+	}
 }

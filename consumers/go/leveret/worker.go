@@ -368,13 +368,18 @@ func (w *Worker) process(pub *confirmer, d amqp.Delivery, canReport bool) {
 	}
 	outcome := w.settle(pub, &d, failure)
 	// After the copy was confirmed and the delivery settled. The worker does
-	// not know the retry policy: no next_attempt_at, and a transient failure on
-	// the last attempt (which the broker sends on to Q.dlq) reads "retrying".
+	// not know the retry delays: no next_attempt_at. A transient failure on the
+	// last attempt (which the broker sends on to Q.dlq) reads "failed" when
+	// MaxAttempts is known, else "retrying".
 	if tracked && failure != nil {
 		message := Truncate(failure.Message, MaxErrorMessage, false)
 		switch outcome {
 		case "retry_scheduled":
-			status(bg, JobStatus{State: "retrying", Error: message})
+			if w.cfg.MaxAttempts > 0 && RetryCount(d.Headers)+1 >= int64(w.cfg.MaxAttempts) {
+				status(bg, JobStatus{State: "failed", Reason: failure.Reason, Error: message})
+			} else {
+				status(bg, JobStatus{State: "retrying", Error: message})
+			}
 		case "dead_lettered":
 			status(bg, JobStatus{State: "failed", Reason: failure.Reason, Error: message})
 		}

@@ -33,7 +33,9 @@ function positiveNumber(name, raw, fallback) {
 /**
  * Read the worker's settings:
  *   LEVERET_URL, LEVERET_QUEUE, LEVERET_SCHEMAS, LEVERET_PREFETCH, and
- *   LEVERET_GRACE (seconds in-flight handlers get on shutdown, default 30).
+ *   LEVERET_GRACE (seconds in-flight handlers get on shutdown, default 30),
+ *   LEVERET_MAX_ATTEMPTS (the queue's max_attempts, optional: with it, a
+ *   transient failure on the last attempt reports "failed", not "retrying").
  */
 export function loadConfig(env = process.env) {
   const url = env.LEVERET_URL || DEFAULTS.url;
@@ -44,6 +46,7 @@ export function loadConfig(env = process.env) {
     schemas: env.LEVERET_SCHEMAS || DEFAULT_SCHEMAS,
     prefetch: positiveInt("LEVERET_PREFETCH", env.LEVERET_PREFETCH, DEFAULTS.prefetch),
     graceMs: positiveNumber("LEVERET_GRACE", env.LEVERET_GRACE, DEFAULTS.graceSeconds) * 1000,
+    maxAttempts: positiveInt("LEVERET_MAX_ATTEMPTS", env.LEVERET_MAX_ATTEMPTS, null),
   };
 }
 

@@ -45,6 +45,7 @@ class ConnectionLost extends Error {
  * @param options.handlers   [{type, versions: [1, 2], handle(payload, ctx), timeoutMs?, track?}]
  * @param options.prefetch   basic.qos prefetch, and so the handlers running at once
  * @param options.graceMs    how long in-flight handlers may run on after stop()
+ * @param options.maxAttempts the queue's max_attempts, or null: with it, a transient failure on the last attempt reports "failed"
  * @param options.maxSize    the largest body accepted
  * @param options.log        {info, warn, error}(event, fields)
  */
@@ -54,12 +55,13 @@ export class Worker {
   #inflight = new Set();
   #canReport = false; // the leveret.status exchange exists (checked at each connect)
 
-  constructor({ url, queue, schemas, handlers, prefetch = 8, graceMs = 30_000, maxSize = DEFAULT_MAX_SIZE, log = logger }) {
+  constructor({ url, queue, schemas, handlers, prefetch = 8, graceMs = 30_000, maxAttempts = null, maxSize = DEFAULT_MAX_SIZE, log = logger }) {
     this.url = url;
     this.queue = queue;
     this.schemas = schemas;
     this.prefetch = prefetch;
     this.graceMs = graceMs;
+    this.maxAttempts = maxAttempts; // the queue's max_attempts, when known (LEVERET_MAX_ATTEMPTS)
     this.maxSize = maxSize;
     this.log = log;
     this.identity = `${hostname()}:${process.pid}`;
@@ -313,9 +315,16 @@ export class Worker {
     }
     const outcome = await this.#settle(msg, decision, consume, publisher);
     // After the copy was confirmed and the delivery settled. The worker does
-    // not know the retry policy: no next_attempt_at, and a transient failure on
-    // the last attempt (which the broker sends on to Q.dlq) reads "retrying".
-    if (tracked && outcome === "retry_scheduled") await status("retrying", { error: decision.error });
+    // not know the retry delays: no next_attempt_at. A transient failure on
+    // the last attempt (which the broker sends on to Q.dlq) reads "failed" when
+    // maxAttempts is known, else "retrying".
+    if (tracked && outcome === "retry_scheduled") {
+      if (this.maxAttempts !== null && delivery.attempt >= this.maxAttempts) {
+        await status("failed", { reason: decision.reason, error: decision.error });
+      } else {
+        await status("retrying", { error: decision.error });
+      }
+    }
     if (tracked && outcome === "dead_lettered") await status("failed", { reason: decision.reason, error: decision.error });
     const fields = {
       message_id: delivery.messageId,

@@ -25,6 +25,7 @@ describe("loadConfig", () => {
       LEVERET_SCHEMAS: "/srv/schemas",
       LEVERET_PREFETCH: "32",
       LEVERET_GRACE: "2.5",
+      LEVERET_MAX_ATTEMPTS: "3",
     });
     assert.deepEqual(config, {
       url: "amqp://u:p@rabbit:5672/vh",
@@ -32,12 +33,15 @@ describe("loadConfig", () => {
       schemas: "/srv/schemas",
       prefetch: 32,
       graceMs: 2500,
+      maxAttempts: 3,
     });
+    assert.equal(loadConfig({}).maxAttempts, null);
   });
 
   it("refuses a bad prefetch or URL, without showing the password", () => {
     assert.throws(() => loadConfig({ LEVERET_PREFETCH: "0" }), ConfigError);
     assert.throws(() => loadConfig({ LEVERET_PREFETCH: "eight" }), ConfigError);
+    assert.throws(() => loadConfig({ LEVERET_MAX_ATTEMPTS: "0" }), /LEVERET_MAX_ATTEMPTS must be a positive integer/);
     assert.throws(
       () => loadConfig({ LEVERET_URL: "http://u:hunter2@x/" }),
       (err) => err instanceof ConfigError && !err.message.includes("hunter2"),

@@ -483,3 +483,63 @@ describe("job status", { skip, timeout: 60_000 }, () => {
     assert.deepEqual(got.map((e) => [e.state, e.batch_id]), [["started", "batch-1"], ["succeeded", "batch-1"]]);
   });
 });
+
+describe("job status with LEVERET_MAX_ATTEMPTS", { skip, timeout: 60_000 }, () => {
+  const h = new Harness("maxattempts");
+  const schemas = available ? Schemas.load(DEFAULT_SCHEMAS) : null;
+  const silent = { debug() {}, info() {}, warn() {}, error() {} };
+  let worker;
+  let running;
+  before(async () => {
+    await h.setUp();
+    await h.ch.assertExchange(STATUS_EXCHANGE, "topic", { durable: true }); // shared: declared if absent, never deleted
+    await h.ch.assertQueue(`${h.q}.status`, { exclusive: true });
+    worker = new Worker({
+      url: URL_,
+      queue: h.q,
+      schemas,
+      log: silent,
+      maxAttempts: TIERS.length + 1, // as LEVERET_MAX_ATTEMPTS=3 gives it
+      handlers: [
+        { type: "demo.export", versions: [1], track: true, handle: () => { throw new Error("disk full"); } },
+        { type: "leveret.conformance", versions: [1], handle: conformance },
+      ],
+    });
+    running = worker.run();
+    await waitFor(async () => (await h.ch.checkQueue(h.q)).consumerCount > 0, "the worker to consume");
+  });
+  after(async () => {
+    worker?.stop();
+    await running;
+    await h.tearDown();
+  });
+
+  it("a tracked task failing every attempt reports retrying, then failed on the last", async () => {
+    const id = randomUUID();
+    await h.ch.bindQueue(`${h.q}.status`, STATUS_EXCHANGE, id);
+    await h.publish({ type: "demo.export", body: '{"user_id": 13}', messageId: id });
+    const got = [];
+    await waitFor(async () => {
+      for (let msg; (msg = await h.ch.get(`${h.q}.status`, { noAck: true })); ) {
+        assert.equal(schemas.validate("leveret.job.status", 1, JSON.parse(msg.content.toString())), null);
+        got.push(JSON.parse(msg.content.toString()));
+      }
+      return got.length >= 6;
+    }, `6 status events of ${id}`);
+    assert.deepEqual(
+      got.map(({ state, attempt, reason, error }) => ({ state, attempt, reason, error })),
+      [
+        { state: "started", attempt: 1, reason: undefined, error: undefined },
+        { state: "retrying", attempt: 1, reason: undefined, error: "disk full" },
+        { state: "started", attempt: 2, reason: undefined, error: undefined },
+        { state: "retrying", attempt: 2, reason: undefined, error: "disk full" },
+        { state: "started", attempt: 3, reason: undefined, error: undefined },
+        { state: "failed", attempt: 3, reason: "handler-error", error: "disk full" },
+      ],
+    );
+    // the copy still went by Q.retry, and on to Q.dlq through the alternate exchange
+    const dead = await waitFor(() => h.ch.get(`${h.q}.dlq`, { noAck: true }), "the dead letter");
+    assert.equal(dead.properties.headers["leveret-retry-count"], 3);
+    assert.equal(dead.properties.headers["leveret-reason"], "handler-error");
+  });
+});

@@ -218,6 +218,31 @@ class IntegrationTest < Minitest::Test
     thread&.join(WAIT)
   end
 
+  # Job status when the worker knows the queue's max_attempts (LEVERET_MAX_ATTEMPTS):
+  # a task failing every attempt reports "failed" after the last one, whose copy
+  # still goes by Q.retry and on to Q.dlq through the alternate exchange.
+  def test_job_status_with_max_attempts
+    @ch.exchange(Leveret::Status::EXCHANGE, type: :topic, durable: true) # shared: declared if absent, never deleted
+    @status_queue = @ch.queue("", exclusive: true)
+    app = Leveret::App.new(queue: @q, schemas: schemas)
+    app.handle("demo.export", versions: [1], track: true) { |_payload, _ctx| raise "disk full" }
+    worker = Leveret::Worker.new(app: app, url: URL, max_attempts: MAX_ATTEMPTS, log: Leveret::Log.new(StringIO.new))
+    thread = Thread.new { worker.run(install_signal_handlers: false) }
+    wait_for("the worker to consume") { consumers(@q).positive? }
+
+    id, events = tracked_task('{"user_id": 13}', type: "demo.export", count: 6)
+    assert_equal [["started", 1, nil, nil], ["retrying", 1, nil, "disk full"],
+                  ["started", 2, nil, nil], ["retrying", 2, nil, "disk full"],
+                  ["started", 3, nil, nil], ["failed", 3, "handler-error", "disk full"]],
+                 events.map { |e| e.values_at("state", "attempt", "reason", "error") }
+    letter = dead_letter(id)
+    assert_equal MAX_ATTEMPTS, letter[:props].headers["leveret-retry-count"]
+    assert_equal "handler-error", letter[:props].headers["leveret-reason"]
+  ensure
+    worker&.stop
+    thread&.join(WAIT)
+  end
+
   def test_missing_topology_is_one_line_and_exit_1
     @stderr = Tempfile.new("worker")
     pid = Process.spawn({ "LEVERET_URL" => URL, "LEVERET_QUEUE" => "#{@q}.absent" }, RbConfig.ruby, WORKER,

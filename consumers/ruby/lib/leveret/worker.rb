@@ -26,7 +26,9 @@ module Leveret
     # @param prefetch [Integer] unacked deliveries the broker may send ahead
     # @param concurrency [Integer] handlers running at once (Bunny work pool size)
     # @param grace [Numeric] seconds in-flight handlers get to finish on shutdown
-    def initialize(app:, url:, prefetch: 8, concurrency: nil, grace: 30.0, log: Log.new,
+    # @param max_attempts [Integer, nil] the queue's max_attempts, when known: a
+    #   tracked job's transient failure on the last attempt then reports "failed"
+    def initialize(app:, url:, prefetch: 8, concurrency: nil, grace: 30.0, max_attempts: nil, log: Log.new,
                    connect_timeout: CONNECT_TIMEOUT, check_interval: CHECK_INTERVAL)
       raise ConfigurationError, "prefetch must be a positive integer" unless prefetch.is_a?(Integer) && prefetch.positive?
 
@@ -37,6 +39,11 @@ module Leveret
       raise ConfigurationError, "concurrency must be a positive integer" unless @concurrency.is_a?(Integer) && @concurrency.positive?
 
       @grace = grace
+      unless max_attempts.nil? || (max_attempts.is_a?(Integer) && max_attempts.positive?)
+        raise ConfigurationError, "max_attempts must be a positive integer"
+      end
+
+      @max_attempts = max_attempts
       @log = log
       @connect_timeout = connect_timeout
       @check_interval = check_interval
@@ -222,11 +229,17 @@ module Leveret
         end
         outcome = settle(channel, info.delivery_tag, props, body, copy)
         # After the copy was confirmed and the delivery settled. The worker does
-        # not know the retry policy: no next_attempt_at, and a transient failure
-        # on the last attempt (which the broker sends on to Q.dlq) reads "retrying".
+        # not know the retry delays: no next_attempt_at. A transient failure on
+        # the last attempt (which the broker sends on to Q.dlq) reads "failed"
+        # when max_attempts is known, else "retrying".
         if tracked && copy
           case outcome
-          when "retry_scheduled" then status.call("retrying", error: copy.error)
+          when "retry_scheduled"
+            if @max_attempts && delivery.attempt >= @max_attempts
+              status.call("failed", reason: copy.reason, error: copy.error)
+            else
+              status.call("retrying", error: copy.error)
+            end
           when "dead_lettered" then status.call("failed", reason: copy.reason, error: copy.error)
           end
         end
