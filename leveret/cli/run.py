@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import click
@@ -21,6 +24,7 @@ from leveret.cli.base import (
     url_option,
 )
 from leveret.consumers import Worker
+from leveret.health import STALL_AFTER
 
 # --- demo ---------------------------------------------------------------------
 
@@ -91,7 +95,26 @@ def publish(
 @click.option(
     "--grace", default=30.0, show_default=True, help="Seconds to finish in-flight work on SIGTERM."
 )
-@click.option("--health-file", type=click.Path(dir_okay=False), help="File touched while healthy.")
+@click.option("--health-file", type=click.Path(dir_okay=False), help="File touched while live.")
+@click.option(
+    "--http-port",
+    type=click.IntRange(0, 65535),
+    envvar="LEVERET_HTTP_PORT",
+    help="Serve /livez, /readyz and /metrics on this port.",
+)
+@click.option(
+    "--http-host",
+    default="127.0.0.1",
+    show_default=True,
+    envvar="LEVERET_HTTP_HOST",
+    help="Address for --http-port (0.0.0.0 in a container).",
+)
+@click.option(
+    "--stall-after",
+    default=STALL_AFTER,
+    show_default=True,
+    help="Seconds with messages waiting and none settled before the probes fail.",
+)
 @url_option
 @one_line_errors
 def worker(
@@ -101,6 +124,9 @@ def worker(
     prefetch: int | None,
     grace: float,
     health_file: str | None,
+    http_port: int | None,
+    http_host: str,
+    stall_after: float,
     url: str,
 ) -> None:
     """Run the handlers of MODULE:APP until SIGTERM or SIGINT."""
@@ -114,6 +140,9 @@ def worker(
         prefetch=prefetch,
         grace=grace,
         health_file=health_file,
+        http_port=http_port,
+        http_host=http_host,
+        stall_after=stall_after,
     )
     asyncio.run(w.run(install_signal_handlers=True))
     # A sync handler stuck past its timeout keeps a thread busy; it must not
@@ -124,10 +153,21 @@ def worker(
 
 
 @main.command()
-@click.option("--file", "path", required=True, type=click.Path(dir_okay=False))
+@click.option("--file", "path", type=click.Path(dir_okay=False), help="A worker's --health-file.")
 @click.option("--max-age", default=30.0, show_default=True, help="Seconds since the last touch.")
-def health(path: str, max_age: float) -> None:
-    """Exit 0 if a worker's health file is fresh (for container health checks)."""
+@click.option("--url", "probe", help="A worker's probe, e.g. http://127.0.0.1:9100/livez.")
+def health(path: str | None, max_age: float, probe: str | None) -> None:
+    """Exit 0 if a worker is healthy: its probe answers 200, or its health file is fresh.
+
+    For container health checks; the reason goes to stderr when it is not.
+    """
+    if (path is None) == (probe is None):
+        raise click.UsageError("give one of --file or --url")
+    if probe is not None:
+        ok, detail = ask_probe(probe)
+        click.echo(detail, err=not ok)
+        sys.exit(0 if ok else 1)
+    assert path is not None
     try:
         age = time.time() - Path(path).stat().st_mtime
     except FileNotFoundError:
@@ -137,6 +177,24 @@ def health(path: str, max_age: float) -> None:
         click.echo(f"unhealthy: {path} is {age:.0f}s old (max {max_age:.0f}s)", err=True)
         sys.exit(1)
     click.echo("healthy")
+
+
+def ask_probe(url: str, timeout: float = 5.0) -> tuple[bool, str]:
+    """GET a worker's probe: whether it answered 200, and a one-line detail."""
+    if not url.startswith(("http://", "https://")):
+        return False, f"unhealthy: {url} is not an http URL"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return True, f"healthy: {url} answered {resp.status}"
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        try:
+            reason = json.loads(body).get("reason") or body.decode(errors="replace").strip()
+        except ValueError:
+            reason = body.decode(errors="replace").strip()
+        return False, f"unhealthy: {url} answered {exc.code}: {reason}"
+    except (urllib.error.URLError, OSError) as exc:
+        return False, f"unhealthy: {url} did not answer: {getattr(exc, 'reason', exc)}"
 
 
 # --- conformance ----------------------------------------------------------------

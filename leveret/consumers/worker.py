@@ -28,7 +28,7 @@ import structlog
 from pamqp import commands as spec
 from structlog.contextvars import bind_contextvars
 
-from leveret import connection, retry, wire
+from leveret import connection, health, retry, wire
 from leveret.consumers.app import App
 from leveret.consumers.attempt import attempt, settled
 from leveret.consumers.context import HandlerPublisher
@@ -40,12 +40,14 @@ from leveret.consumers.delivery import (
     republished,
     to_delivery,
 )
+from leveret.consumers.probes import ProbeServer
 from leveret.errors import (
     AccessRefused,
     BrokerUnavailable,
     ConfigurationError,
     TopologyMissing,
 )
+from leveret.metrics import WorkerMetrics
 from leveret.publisher.aio import CONNECTION_ERRORS, connect
 from leveret.publisher.core import PublisherCore
 from leveret.status.events import EXCHANGE as STATUS_EXCHANGE
@@ -67,8 +69,13 @@ class Worker:
         concurrency: handlers running at once.
         prefetch: unacked deliveries the broker may send ahead (default: ``concurrency``).
         grace: seconds in-flight handlers get to finish on shutdown.
-        health_file: a file touched every few seconds while the worker is
-            connected and its consumers are registered (for container health checks).
+        health_file: a file touched every few seconds while the worker is live
+            (see :mod:`leveret.health`), for images without HTTP.
+        http_port: serve ``/livez``, ``/readyz`` and ``/metrics`` on this port
+            (:mod:`leveret.consumers.probes`); None serves nothing, 0 picks a port.
+        http_host: the address those endpoints listen on.
+        stall_after: seconds with messages waiting and none settled before the
+            worker counts as stalled, and its probes fail.
         on_outcome: called with an :class:`Outcome` for every settled delivery.
         max_size: the largest body accepted; larger ones are dead-lettered.
     """
@@ -83,6 +90,9 @@ class Worker:
         prefetch: int | None = None,
         grace: float = 30.0,
         health_file: str | Path | None = None,
+        http_port: int | None = None,
+        http_host: str = "127.0.0.1",
+        stall_after: float = health.STALL_AFTER,
         on_outcome: Callable[[Outcome], None] | None = None,
         max_size: int = wire.DEFAULT_MAX_SIZE,
     ) -> None:
@@ -100,6 +110,15 @@ class Worker:
         self.prefetch = prefetch or concurrency
         self.grace = grace
         self.health_file = Path(health_file) if health_file else None
+        self.health = health.Health(
+            tuple(self.queues), stall_after=stall_after, now=time.monotonic()
+        )
+        self.metrics = WorkerMetrics()
+        self.probes = (
+            ProbeServer(self.health, self.metrics, host=http_host, port=http_port)
+            if http_port is not None
+            else None
+        )
         self.on_outcome = on_outcome
         self.max_size = max_size
         self._core = PublisherCore(self.urls, max_size=max_size)
@@ -130,6 +149,8 @@ class Worker:
                 loop.add_signal_handler(sig, self.stop)
         started = False
         delay = 0.5
+        if self.probes is not None:
+            await self.probes.start()
         try:
             while not self._stop.is_set():
                 try:
@@ -156,6 +177,8 @@ class Worker:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
             self._executor.shutdown(wait=False, cancel_futures=True)
+            if self.probes is not None:
+                await self.probes.close()
             if started:
                 log.info("worker.stopped")
 
@@ -180,6 +203,10 @@ class Worker:
                     queue, self._deliver_to(queue, acks, publish), no_ack=False
                 )
                 tags.append(str(ok.consumer_tag))
+            self.health.connection_up(time.monotonic())
+            self.metrics.connected.set(1)
+            if started:
+                self.metrics.reconnects.inc()
             await self._check_consumers(check)
             log.info(
                 "worker.consuming" if not started else "worker.resumed",
@@ -196,6 +223,8 @@ class Worker:
                 await self._drain(consume, tags)
             return started
         finally:
+            self.health.connection_down(time.monotonic())
+            self.metrics.connected.set(0)
             if monitor is not None:
                 monitor.cancel()
             if not conn.is_closed:
@@ -242,14 +271,22 @@ class Worker:
     async def _check_consumers(self, ch: aiormq.abc.AbstractChannel) -> None:
         # A reconnect that leaves zero consumers is the classic silent failure of
         # "robust" connections: ask the broker rather than trust the client.
+        consumers: dict[str, int] = {}
+        waiting: dict[str, int] = {}
         for queue in self.queues:
             ok = await ch.queue_declare(queue, passive=True)
-            if ok.consumer_count == 0:
+            consumers[queue] = ok.consumer_count or 0
+            waiting[queue] = ok.message_count or 0
+        self.health.checked(consumers, waiting, time.monotonic())
+        self.metrics.checked(consumers, waiting)
+        for queue, count in consumers.items():
+            if count == 0:
                 raise aiormq.exceptions.ChannelInvalidStateError(
                     f"no consumer registered on {queue!r}"
                 )
 
     async def _monitor(self, ch: aiormq.abc.AbstractChannel, lost: asyncio.Event) -> None:
+        reported = ""  # the readiness reason last logged: log changes, not every check
         while not lost.is_set():
             try:
                 await self._check_consumers(ch)
@@ -257,13 +294,23 @@ class Worker:
                 log.error("worker.consumers_lost", error=str(exc))
                 lost.set()
                 return
-            if self.health_file is not None:
+            now = time.monotonic()
+            ready, live = self.health.readiness(now), self.health.liveness(now)
+            self.metrics.ready.set(1 if ready.ok else 0)
+            if ready.reason != reported and not self._stopping:
+                if ready.ok:
+                    log.info("worker.ready")
+                else:
+                    log.warning("worker.unready", reason=ready.reason, live=live.ok)
+                reported = ready.reason
+            if self.health_file is not None and live.ok:
                 self.health_file.write_text(str(time.time()))
             await asyncio.sleep(CHECK_INTERVAL)
 
     async def _drain(self, consume: aiormq.abc.AbstractChannel, tags: list[str]) -> None:
         """Stop taking messages and let in-flight handlers finish within the grace period."""
         self._stopping = True
+        self.health.draining(time.monotonic())
         for tag in tags:
             try:
                 await consume.basic_cancel(tag)
@@ -294,10 +341,13 @@ class Worker:
             task = asyncio.current_task()
             assert task is not None
             self._inflight.add(task)
+            gauge = self.metrics.in_flight.labels(queue)
+            gauge.inc()
             try:
                 async with self._slots:
                     await self._process(queue, dm, acks, publish)
             finally:
+                gauge.dec()
                 self._inflight.discard(task)
 
         return on_message
@@ -327,6 +377,8 @@ class Worker:
         outcome = await self._settle(dm, done.decision, acks, publish)
         await settled(done, outcome, self.app.topology.queue(queue).retry)
         record = report(queue, delivery, done.decision, outcome, time.perf_counter() - start)
+        self.metrics.settled(record)
+        self.health.settled(time.monotonic())
         if self.on_outcome is not None:
             self.on_outcome(record)
 
