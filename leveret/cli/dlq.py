@@ -13,12 +13,22 @@ from leveret.cli.base import app_option, load_app, main, one_line_errors, short,
 
 
 @main.command()
+@click.option(
+    "--prometheus",
+    is_flag=True,
+    help="Print Prometheus text exposition (for node_exporter's textfile collector).",
+)
 @url_option
 @app_option
 @one_line_errors
-def queues(url: str, app_target: str) -> None:
+def queues(prometheus: bool, url: str, app_target: str) -> None:
     """Depth and consumers of every work, retry and dead-letter queue."""
     rows = admin.stats(url, load_app(app_target).topology)
+    if prometheus:
+        from leveret.metrics import render_queues
+
+        click.echo(render_queues(rows).decode(), nl=False)
+        return
     click.echo(
         table(
             ["queue", "role", "messages", "consumers"],
