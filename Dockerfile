@@ -11,14 +11,16 @@ COPY pyproject.toml README.md ./
 COPY leveret ./leveret
 COPY schemas ./schemas
 COPY examples ./examples
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir ".[dashboard]" \
     && useradd --create-home --uid 10001 leveret
 USER leveret
 
-# The worker touches this file every few seconds while it is connected and its
-# consumers are registered; a stale file means it is stuck or disconnected.
+# The worker serves /livez, /readyz and /metrics on port 9100 (docs/operations.md).
+# /livez fails once the worker has been unready for a minute: disconnected,
+# without a consumer, or stalled with messages waiting.
+EXPOSE 9100
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["leveret", "health", "--file", "/tmp/leveret-health", "--max-age", "30"]
+    CMD ["leveret", "health", "--url", "http://127.0.0.1:9100/livez"]
 
 STOPSIGNAL SIGTERM
-CMD ["leveret", "worker", "leveret.demo:app", "--health-file", "/tmp/leveret-health"]
+CMD ["leveret", "worker", "leveret.demo:app", "--http-host", "0.0.0.0", "--http-port", "9100"]

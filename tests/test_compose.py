@@ -20,6 +20,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 from unittest import mock
+from urllib.parse import urlsplit
 
 import click
 import pytest
@@ -348,14 +349,42 @@ def test_dockerfile_healthcheck_resolves() -> None:
     assert resolve(dockerfile_healthcheck()).path == ("health",)
 
 
-def test_healthcheck_reads_the_file_the_worker_writes() -> None:
-    checked = resolve(dockerfile_healthcheck()).params["path"]
-    written = {
-        "the Dockerfile's CMD": resolve(dockerfile_cmd()).params["health_file"],
-        "the compose worker": run("worker").params["health_file"],
+def test_healthcheck_asks_the_port_the_worker_serves() -> None:
+    url = urlsplit(resolve(dockerfile_healthcheck()).params["probe"])
+    assert (url.hostname, url.path) == ("127.0.0.1", "/livez")
+    served = {
+        "the Dockerfile's CMD": resolve(dockerfile_cmd()).params,
+        "the compose worker": run("worker").params,
     }
-    for where, path in written.items():
-        assert path == checked, f"{where} writes {path}, the HEALTHCHECK reads {checked}"
+    for where, params in served.items():
+        assert params["http_port"] == url.port, (
+            f"{where} serves port {params['http_port']}, the HEALTHCHECK asks {url.port}"
+        )
+        # Prometheus, in another container, scrapes the same port.
+        assert params["http_host"] == "0.0.0.0", f"{where} listens on {params['http_host']}"
+    assert str(url.port) in instruction("EXPOSE").split()
+
+
+def test_prometheus_scrapes_what_the_services_serve() -> None:
+    prometheus = SERVICES["prometheus"]
+    mount, _, target = prometheus["volumes"][0].partition(":")
+    target = target.removesuffix(":ro")
+    config_file = next(a for a in prometheus["command"] if a.startswith("--config.file="))
+    config_path = Path(config_file.split("=", 1)[1])
+    assert config_path.parent == Path(target)
+    local = ROOT / mount / config_path.name
+    config = yaml.safe_load(local.read_text())
+    for rules in config["rule_files"]:
+        assert (ROOT / mount / rules).is_file(), f"{rules} is not in {mount}"
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    workers = jobs["leveret-workers"]["dns_sd_configs"][0]
+    assert workers["names"] == ["worker"]
+    assert workers["port"] == run("worker").params["http_port"]
+    (target_address,) = jobs["leveret-queues"]["static_configs"][0]["targets"]
+    host, _, port = target_address.partition(":")
+    dashboard = run(host).params
+    assert int(port) == dashboard["port"] and dashboard["host"] == "0.0.0.0"
+    assert SERVICES[host]["ports"] == [f"127.0.0.1:{port}:{port}"]
 
 
 def test_dockerfile_copies_existing_paths() -> None:

@@ -48,6 +48,10 @@ def test_alert_rules_are_valid(promtool: Path) -> None:
     )
 
 
+def test_prometheus_config_for_compose_is_valid(promtool: Path) -> None:
+    check(promtool, "check", "config", "docs/prometheus/prometheus.yml")
+
+
 def test_alert_rules_fire_when_they_should(promtool: Path) -> None:
     check(promtool, "test", "rules", "alerts_test.yml", cwd=ROOT / "tests" / "prometheus")
 
