@@ -17,6 +17,7 @@ from leveret import App, Context, Worker
 from leveret.cli import main
 from leveret.consumers import worker as worker_module
 from leveret.consumers.probes import ProbeServer
+from leveret.errors import ConfigurationError
 from leveret.health import Health
 from leveret.metrics import WorkerMetrics
 from tests.apps import Task
@@ -251,6 +252,19 @@ async def test_probes_follow_the_connection(pipeline: Pipeline) -> None:
         finally:
             worker.stop()
             await asyncio.wait_for(task, 40)
+
+
+async def test_a_port_in_use_is_a_clear_error(pipeline: Pipeline) -> None:
+    taken = ProbeServer(connected(), WorkerMetrics(), port=0)
+    await taken.start()
+    try:
+        worker = Worker(pipeline.app, pipeline.url, http_port=taken.port)
+        with pytest.raises(
+            ConfigurationError, match=f"cannot serve probes on 127.0.0.1:{taken.port}"
+        ):
+            await worker.run()
+    finally:
+        await taken.close()
 
 
 def test_health_command_reports_a_probe_nobody_answers() -> None:

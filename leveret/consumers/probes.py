@@ -20,6 +20,7 @@ from collections.abc import Callable
 import orjson
 import structlog
 
+from leveret.errors import ConfigurationError
 from leveret.health import Health, Verdict
 from leveret.metrics import CONTENT_TYPE, WorkerMetrics
 
@@ -69,8 +70,17 @@ class ProbeServer:
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
-        """Listen; :attr:`port` is the bound port afterwards."""
-        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        """Listen; :attr:`port` is the bound port afterwards.
+
+        Raises:
+            ConfigurationError: the address cannot be listened on (in use, say).
+        """
+        try:
+            self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot serve probes on {self.host}:{self.port}: {exc.strerror or exc}"
+            ) from exc
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("worker.probes_listening", host=self.host, port=self.port)
 

@@ -149,9 +149,9 @@ class Worker:
                 loop.add_signal_handler(sig, self.stop)
         started = False
         delay = 0.5
-        if self.probes is not None:
-            await self.probes.start()
         try:
+            if self.probes is not None:
+                await self.probes.start()
             while not self._stop.is_set():
                 try:
                     started = await self._session(started)
