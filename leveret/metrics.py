@@ -15,7 +15,7 @@ process (or one test run) never share a counter.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -28,8 +28,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:  # a worker reads no queue stats: it need not import pika
-    from leveret.admin import QueueStats
+if TYPE_CHECKING:
     from leveret.consumers.delivery import Outcome
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -115,10 +114,29 @@ class WorkerMetrics:
         return generate_latest(self.registry)
 
 
+class QueueFigures(Protocol):
+    """One queue's figures: :class:`leveret.admin.QueueStats`, or the dashboard's rows.
+
+    ``in_flight`` (delivered, not acked) is known only from the management API;
+    rows without it leave that gauge out.
+    """
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def role(self) -> str: ...
+    @property
+    def exists(self) -> bool: ...
+    @property
+    def messages(self) -> int: ...
+    @property
+    def consumers(self) -> int: ...
+
+
 class _QueueCollector(Collector):
     """Gauges over rows read once: a collector, so nothing outlives the scrape."""
 
-    def __init__(self, rows: Iterable[QueueStats]) -> None:
+    def __init__(self, rows: Iterable[QueueFigures]) -> None:
         self.rows = list(rows)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -132,15 +150,25 @@ class _QueueCollector(Collector):
         exists = GaugeMetricFamily(
             "leveret_queue_exists", "1 if the queue exists on the broker.", labels=labels
         )
+        unacked = GaugeMetricFamily(
+            "leveret_queue_messages_unacknowledged",
+            "Messages delivered to consumers and not yet acked (management API).",
+            labels=labels,
+        )
         for row in self.rows:
             role = role_label(row.role)
             exists.add_metric([row.name, role], 1 if row.exists else 0)
             if row.exists:
                 messages.add_metric([row.name, role], row.messages)
                 consumers.add_metric([row.name, role], row.consumers)
+                in_flight = getattr(row, "in_flight", None)
+                if in_flight is not None:
+                    unacked.add_metric([row.name, role], in_flight)
         yield messages
         yield consumers
         yield exists
+        if unacked.samples:
+            yield unacked
 
 
 def role_label(role: str) -> str:
@@ -153,7 +181,7 @@ def role_label(role: str) -> str:
     return role.split(" ", 1)[0]
 
 
-def render_queues(rows: Iterable[QueueStats]) -> bytes:
+def render_queues(rows: Iterable[QueueFigures]) -> bytes:
     """The text exposition of the queues' depths, consumers and existence."""
     registry = CollectorRegistry()
     registry.register(_QueueCollector(rows))
