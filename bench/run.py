@@ -5,6 +5,7 @@ round 2 ...), and print one table of medians with each system's ratio to leveret
     bench/.venv/bin/python bench/run.py                 # the full run (make bench)
     bench/.venv/bin/python bench/run.py --quick         # 500 messages, 1 round, no extras
     bench/.venv/bin/python bench/run.py --systems leveret,pika --scenarios drain,retry
+    .venv/bin/python bench/run.py --quick --messages 100 --no-wait-quiet  # as make bench-smoke
 
 Each measurement runs in a fresh driver process (``bench/driver.py``); consumers are processes
 of their own. Results go to ``bench/results/last.json`` (``quick.json`` for ``--quick``) and,
@@ -74,6 +75,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="py-spy profile of a leveret worker draining (default: on unless --quick)",
+    )
+    p.add_argument(
+        "--wait-quiet",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="wait for a quiet machine before each measurement, and run again one that shared "
+        "the CPU with other programs (--no-wait-quiet: a smoke run, whose figures mean nothing)",
     )
     p.add_argument("--out", type=Path, help="results JSON (default bench/results/last.json)")
     p.add_argument(
@@ -260,7 +268,8 @@ def run_one(
             result = {"status": "error", "error": f"broker unreachable: {exc}"}
             time.sleep(5)
             continue
-        meter.wait_quiet()
+        if args.wait_quiet:
+            meter.wait_quiet()
         before = meter.snapshot()
         with (workdir / "driver.log").open("wb") as log:
             try:
@@ -285,7 +294,7 @@ def run_one(
                 result = {"status": "error", "error": "driver timed out after 900 s"}
         foreign = CpuMeter.foreign(before, meter.snapshot())
         dropped = not sentinel.intact()
-        contended = foreign > CpuMeter.FOREIGN_LIMIT
+        contended = args.wait_quiet and foreign > CpuMeter.FOREIGN_LIMIT
         disturbed = dropped or contended
         result["attempt"] = attempt
         result["foreign_cpu"] = round(foreign, 3)
@@ -365,13 +374,19 @@ def environment(args: argparse.Namespace, sentinel: Sentinel) -> dict[str, Any]:
         "erlang": sentinel.server.get("platform", "?"),
         "versions": versions,
         "leveret_commit": commit + (" (leveret/ has uncommitted changes)" if dirty else ""),
-        "command": "bench/.venv/bin/python bench/run.py " + " ".join(sys.argv[1:]),
+        "command": " ".join([python_shown(), "bench/run.py", *sys.argv[1:]]),
         "rounds": args.rounds,
         "sizes": args.sizes,
         "rate": args.rate,
         "load_before": os.getloadavg(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
+
+
+def python_shown() -> str:
+    """This interpreter as a path relative to the repository when it is in one (a venv's)."""
+    python = Path(sys.executable)
+    return str(python.relative_to(common.ROOT)) if python.is_relative_to(common.ROOT) else "python"
 
 
 def render(path: Path) -> int:
@@ -453,11 +468,12 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             for _attempt in range(MAX_ATTEMPTS):
-                meter.wait_quiet()
+                if args.wait_quiet:
+                    meter.wait_quiet()
                 before = meter.snapshot()
                 prof[mode] = profile.run(args.url, workroot, n=n, mode=mode)
                 prof[mode]["foreign_cpu"] = round(CpuMeter.foreign(before, meter.snapshot()), 3)
-                if prof[mode]["foreign_cpu"] <= CpuMeter.FOREIGN_LIMIT:
+                if not args.wait_quiet or prof[mode]["foreign_cpu"] <= CpuMeter.FOREIGN_LIMIT:
                     break
                 print("    ! profile: other programs were busy; again", file=sys.stderr, flush=True)
     env["seconds"] = round(time.monotonic() - started)
