@@ -20,7 +20,7 @@ from typing import Literal
 import structlog
 from pydantic import Field
 
-from leveret import admin, conformance, dlq
+from leveret import conformance
 from leveret.conformance import Conformance, Receipt
 from leveret.consumers import App, Context, Outcome, Worker
 from leveret.messages import Message
@@ -112,6 +112,10 @@ async def run(urls: str | Sequence[str]) -> list[dict[str, str]]:
     Raises:
         BrokerUnavailable: no broker to run against.
     """
+    # Here, not at the top: both use pika, and `leveret worker` imports this
+    # module for its default app without ever running the demo.
+    from leveret import admin, dlq
+
     await asyncio.to_thread(admin.apply, urls, app.topology)
     finals: dict[str, Outcome] = {}
     done = asyncio.Event()
