@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from leveret import admin
 from leveret.cli import main
+from leveret.cli.lazy import LazyGroup
 from tests.apps import topology
 from tests.conftest import Pipeline, rabbitmqctl
 
@@ -23,7 +24,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def commands(group: click.Group, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
-    for name, command in group.commands.items():
+    # As click looks them up: the top group imports a command's module on demand.
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        assert command is not None, name
         yield (*prefix, name)
         if isinstance(command, click.Group):
             yield from commands(command, (*prefix, name))
@@ -34,6 +39,51 @@ def test_every_command_has_help(path: tuple[str, ...]) -> None:
     result = CliRunner().invoke(main, [*path, "--help"])
     assert result.exit_code == 0
     assert "Usage:" in result.output
+
+
+def test_help_lists_every_command_with_its_help_line() -> None:
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    listing = result.output.split("Commands:\n", 1)[1].splitlines()
+    lines = dict(line.split(None, 1) for line in listing if line.strip())
+    assert sorted(lines) == sorted(main.lazy_commands)
+    assert lines["worker"] == "Run the handlers of MODULE:APP until SIGTERM or SIGINT."
+
+
+def test_a_command_missing_from_its_module_is_a_loud_error() -> None:
+    group = LazyGroup(lazy_commands={"nowhere": "leveret.cli.base"})
+    with pytest.raises(RuntimeError, match="does not define the command 'nowhere'"):
+        group.get_command(click.Context(group), "nowhere")
+
+
+# Run in a fresh interpreter: this test process has imported everything already.
+WORKER_IMPORTS = """
+import json, sys
+from leveret.cli import main
+from leveret.cli.base import DEFAULT_APP, load_app
+try:
+    main(["worker", "--help"], prog_name="leveret")
+except SystemExit:
+    pass
+load_app(DEFAULT_APP)  # what `leveret worker` runs when given no MODULE:APP
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def test_leveret_worker_imports_no_pika_sqlalchemy_or_starlette() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", WORKER_IMPORTS],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    modules = set(json.loads(result.stdout.strip().splitlines()[-1]))
+    assert "leveret.cli.run" in modules  # the worker command was looked up and loaded
+    assert {m.split(".")[0] for m in modules} & {"pika", "sqlalchemy", "starlette"} == set()
+    others = {"leveret.cli.dashboard", "leveret.cli.dlq", "leveret.cli.outbox"}
+    assert modules & others == set()  # the other commands' modules stay unloaded
 
 
 def run(p: Pipeline, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:

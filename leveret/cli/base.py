@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import click
 
 from leveret import connection, logs
+from leveret.cli.lazy import LazyGroup
 from leveret.consumers import App
 from leveret.errors import ConfigurationError, LeveretError
 
@@ -95,7 +96,7 @@ def one_line_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-@click.group()
+@click.group(cls=LazyGroup)
 @click.option("--log-level", default="INFO", show_default=True, help="Lowest level logged.")
 @click.option(
     "--json-logs/--console-logs",
