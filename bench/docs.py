@@ -429,8 +429,9 @@ def render(data: dict[str, Any], pngs: list[Path]) -> str:
         "- Every measurement runs in a fresh driver process (`bench/driver.py`), which declares "
         "queues with names unique to the measurement, runs the scenario and deletes every queue "
         "and exchange afterwards. Consumers are processes of their own, started the way a user "
-        "would (the `dramatiq` and `celery` CLIs; `python -m bench.systems.<name>` for the others; "
-        "leveret's is the same `Worker` setup as `leveret worker`)."
+        "would (the `dramatiq` and `celery` CLIs; `python -m bench.systems.<name>` for the other "
+        "Python ones, leveret's being the same `Worker` setup as `leveret worker`; `bench-go "
+        "consume`, built from `bench/go`, for the Go client)."
     )
     w(
         "- **Publish**: connections are opened and one warm-up message sent per caller before the "
@@ -464,7 +465,8 @@ def render(data: dict[str, Any], pngs: list[Path]) -> str:
         "that failed, lost the sentinel or shared the CPU with more than 0.3 core of other "
         f"work is run again, at most 3 attempts. Reruns in this run: {reruns}; CPU used by "
         f"other programs during the kept measurements: median {foreign_med:.2f} core, "
-        f"highest {foreign_max:.2f}."
+        f"highest {foreign_max:.2f}. The smoke test runs with `--no-wait-quiet`: it neither "
+        "waits nor reruns for other programs, since it keeps no figure."
     )
     w("")
     w("## Scale curves")
