@@ -15,7 +15,7 @@ main.lazy_commands.update(
         "dashboard": "leveret.cli.dashboard",
         "demo": "leveret.cli.run",
         "dlq": "leveret.cli.dlq",
-        "health": "leveret.cli.run",
+        "health": "leveret.cli.health",
         "outbox": "leveret.cli.outbox",
         "publish": "leveret.cli.run",
         "queues": "leveret.cli.dlq",
