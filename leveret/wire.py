@@ -60,6 +60,9 @@ class Envelope:
     timestamp: int
     correlation_id: str | None = None
     content_type: str = CONTENT_TYPE
+    span: Any = field(default=None, compare=False, repr=False)
+    """The OpenTelemetry PRODUCER span of this publish, or None: ended by whoever
+    sends the envelope, once the broker confirmed it (``leveret.tracing.sent``)."""
 
 
 @dataclass(frozen=True, slots=True)

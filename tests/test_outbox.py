@@ -27,7 +27,7 @@ from click.testing import CliRunner
 from sqlalchemy import orm
 from structlog.testing import capture_logs
 
-from leveret import Publisher, connection, outbox
+from leveret import Publisher, connection, outbox, tracing
 from leveret.cli import main
 from leveret.errors import ConfigurationError
 from leveret.publisher.core import PublisherCore
@@ -208,7 +208,11 @@ def test_add_stores_the_envelope_the_publisher_builds(db: Db) -> None:
     assert env.body == expected.body == message.to_json()
     assert row.body == message.to_json().decode()
     assert (env.exchange, env.routing_key, env.type) == ("ex", "task", "test.task")
-    assert env.headers == expected.headers == {"tenant": "acme", "leveret-version": 1}
+    # The row keeps its own traceparent, the one the relay sends.
+    assert tracing.of(env.headers) is not None
+    without_trace = {k: v for k, v in env.headers.items() if k != tracing.TRACEPARENT}
+    assert without_trace == {"tenant": "acme", "leveret-version": 1}
+    assert expected.headers.keys() == env.headers.keys()
     assert (env.message_id, env.correlation_id, row.version) == (message_id, "req-1", 1)
     assert abs(env.timestamp - expected.timestamp) <= 1
     assert (row.sent_at, row.attempts, row.last_error) == (None, 0, None)
@@ -322,19 +326,14 @@ def test_a_committed_row_is_published_as_the_publisher_would(db: Db, route: Rout
     ((direct, direct_body),) = route.drain(idle=0.3)
 
     assert relayed_body == direct_body == message.to_json()
-    for name in (
-        "content_type",
-        "delivery_mode",
-        "message_id",
-        "type",
-        "correlation_id",
-        "headers",
-        "app_id",
-    ):
+    for name in ("content_type", "delivery_mode", "message_id", "type", "correlation_id", "app_id"):
         assert getattr(relayed, name) == getattr(direct, name), name
-    assert relayed.headers == {"tenant": "acme", "count": 3, "leveret-version": 1}
-    assert abs(relayed.timestamp - direct.timestamp) <= 2
     (row,) = db.rows()
+    # Each publish has a traceparent of its own; the relay sends the row's.
+    assert relayed.headers.pop(tracing.TRACEPARENT) == row.headers[tracing.TRACEPARENT]
+    assert tracing.parse(direct.headers.pop(tracing.TRACEPARENT)) is not None
+    assert relayed.headers == direct.headers == {"tenant": "acme", "count": 3, "leveret-version": 1}
+    assert abs(relayed.timestamp - direct.timestamp) <= 2
     assert row.sent_at is not None and row.attempts == 1
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from leveret import AsyncPublisher, Publisher, wire
+from leveret import AsyncPublisher, Publisher, tracing, wire
 from leveret.errors import BrokerUnavailable, MessageTooLarge, TopologyMissing, Unroutable
 from tests.apps import Task
 from tests.conftest import Pipeline, rabbitmqctl
@@ -30,6 +30,7 @@ def test_publish_sets_the_contract_properties(pipeline: Pipeline) -> None:
     own = {
         k: v for k, v in props.headers.items() if not k.startswith("x-")
     }  # quorum adds x-delivery-count
+    assert tracing.parse(own.pop(tracing.TRACEPARENT)) is not None
     assert own == {wire.VERSION: 1, "tenant": "a"}
     assert body == Task(n=3).to_json()
     assert body.startswith(b'{"n":3,"fail_times":0')

@@ -1,12 +1,13 @@
 """One attempt at a delivery, without I/O: from the delivery to the decision.
 
-Resolve the delivery (:meth:`App.resolve`), build the handler's
-:class:`Context` (:func:`~leveret.consumers.delivery.context_for`), report a
-tracked job's start and success, call the handler under its timeout (sync
-handlers on a thread), and on any exception take the decision from
-:func:`leveret.retry.failure`. The :class:`~leveret.consumers.Worker` and the
-in-memory broker of :mod:`leveret.testing` both run deliveries through here;
-they differ only in how they settle the decision.
+Enter the delivery's trace (:func:`leveret.tracing.handle`), resolve the
+delivery (:meth:`App.resolve`), build the handler's :class:`Context`
+(:func:`~leveret.consumers.delivery.context_for`), report a tracked job's start
+and success, call the handler under its timeout (sync handlers on a thread),
+and on any exception take the decision from :func:`leveret.retry.failure`.
+The :class:`~leveret.consumers.Worker` and the in-memory broker of
+:mod:`leveret.testing` both run deliveries through here; they differ only in
+how they settle the decision.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
+from structlog.contextvars import bind_contextvars
 
-from leveret import retry, wire
+from leveret import retry, tracing, wire
 from leveret.consumers.app import App, Handler
 from leveret.consumers.context import Context, HandlerPublisher
 from leveret.consumers.delivery import context_for
@@ -37,10 +39,11 @@ log = structlog.get_logger(__name__)
 
 @dataclass(frozen=True)
 class Attempt:
-    """What one attempt decided, and the context of a tracked job (to report its end)."""
+    """What one attempt decided, the context of a tracked job (to report its end), its trace."""
 
     decision: retry.Decision
     tracked: Context | None = None
+    trace: tracing.Handling | None = None
 
 
 async def attempt(
@@ -57,6 +60,11 @@ async def attempt(
 ) -> Attempt:
     """Run one delivery through its handler and decide how to settle it.
 
+    The delivery's trace becomes the current one, and its trace-id is bound to
+    the log lines, for the rest of the caller's context: run each delivery in
+    a task of its own, as the worker does, and call :func:`settled` after
+    settling it, in the same task.
+
     Args:
         app: the handlers.
         queue: the queue the delivery came from.
@@ -68,6 +76,16 @@ async def attempt(
         can_report: the status exchange exists (batch members report their end).
         now: the time of a failure.
     """
+    trace = tracing.handle(
+        queue,
+        delivery.headers,
+        exchange=delivery.exchange,
+        routing_key=delivery.routing_key,
+        message_id=delivery.message_id,
+        type=delivery.type,
+        attempt=delivery.attempt,
+    )
+    bind_contextvars(trace_id=trace.trace_id)
     tracked: Context | None = None
     member = isinstance(delivery.headers.get(wire.BATCH), str)
     if member and can_report:
@@ -90,8 +108,9 @@ async def attempt(
             # Before the ack: a crash in between repeats the task, never leaves
             # a finished job looking unfinished.
             await status(ctx, "succeeded", result=result if isinstance(result, str) else None)
-        return Attempt(retry.Ack(), tracked)
+        return Attempt(retry.Ack(), tracked, trace)
     except Exception as exc:  # every failure is settled, never raised
+        trace.failed(exc)
         policy = app.topology.queue(queue).retry
         decision = retry.failure(
             delivery,
@@ -101,7 +120,7 @@ async def attempt(
             max_attempts=policy.max_attempts,
             now=now(),
         )
-        return Attempt(decision, tracked)
+        return Attempt(decision, tracked, trace)
 
 
 def bare_context(
@@ -149,15 +168,23 @@ async def call(handler: Handler, message: Message, ctx: Context, executor: Execu
 async def settled(
     done: Attempt, outcome: str, policy: RetryPolicy, *, now: datetime | None = None
 ) -> None:
-    """After a failed attempt was settled: a tracked job is retrying, or failed for good."""
-    ctx, failed = done.tracked, done.decision
-    if ctx is None or not isinstance(failed, retry.Republish):
-        return
-    if outcome == "retry_scheduled":
-        due = (now or datetime.now(UTC)) + timedelta(seconds=policy.delay_for(ctx.attempt))
-        await status(ctx, "retrying", error=failed.error, next_attempt_at=timestamp(due))
-    elif outcome == "dead_lettered":
-        await status(ctx, "failed", reason=failed.reason, error=failed.error)
+    """After an attempt was settled: a tracked job is retrying, or failed for good.
+
+    Then the delivery's span ends, with the outcome.
+    """
+    ctx = done.tracked
+    failed = done.decision if isinstance(done.decision, retry.Republish) else None
+    try:
+        if ctx is None or failed is None:
+            return
+        if outcome == "retry_scheduled":
+            due = (now or datetime.now(UTC)) + timedelta(seconds=policy.delay_for(ctx.attempt))
+            await status(ctx, "retrying", error=failed.error, next_attempt_at=timestamp(due))
+        elif outcome == "dead_lettered":
+            await status(ctx, "failed", reason=failed.reason, error=failed.error)
+    finally:
+        if done.trace is not None:
+            done.trace.settled(outcome, failed.reason if failed else None)
 
 
 async def status(ctx: Context, state: State, **fields: Any) -> None:

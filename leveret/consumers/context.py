@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import aiormq.abc
 import structlog
 
-from leveret import wire
+from leveret import tracing, wire
 from leveret.errors import ConfigurationError, LeveretError, Unroutable
 from leveret.messages import Message
 from leveret.publisher.aio import amqp_properties, publish_on
@@ -52,7 +52,7 @@ class HandlerPublisher:
     async def apublish(self, message: Message, **options: Any) -> str:
         """Publish and wait for the confirm; takes :meth:`Publisher.publish`'s options."""
         env = self.core.envelope(message, **options)
-        await publish_on(self.channel, env, amqp_properties(env, self.core.app_id))
+        await self.asend(env)
         return env.message_id
 
     def publish(self, message: Message, **options: Any) -> str:
@@ -77,7 +77,8 @@ class HandlerPublisher:
 
     async def asend(self, env: wire.Envelope) -> None:
         """Publish a ready envelope and wait for the confirm."""
-        await publish_on(self.channel, env, amqp_properties(env, self.core.app_id))
+        with tracing.sending(env.span):
+            await publish_on(self.channel, env, amqp_properties(env, self.core.app_id))
 
     def send(self, env: wire.Envelope) -> None:
         """The same, from a sync handler's thread."""
@@ -95,6 +96,8 @@ class HandlerPublisher:
         tasks = list(members)
         spec = None
         if then is not None:
+            # Only its routing, id and body: the status store publishes it, in
+            # a trace of its own. This envelope's span is never ended, so never exported.
             env = self.core.envelope(then, exchange=exchange, correlation_id=batch_id)
             spec = Then(
                 exchange=env.exchange,

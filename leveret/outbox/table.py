@@ -13,7 +13,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy import orm
 
-from leveret import connection, wire
+from leveret import connection, tracing, wire
 from leveret.errors import ConfigurationError
 from leveret.messages import Message
 from leveret.publisher.core import DEFAULT_MAX_SIZE, PublisherCore
@@ -139,26 +139,29 @@ def add(
         correlation_id=correlation_id,
         headers=headers,
     )
-    try:
-        json.dumps(env.headers)
-    except (TypeError, ValueError) as exc:
-        raise ConfigurationError(f"outbox headers must be JSON values: {exc}") from exc
-    conn.execute(
-        sa.insert(_table(table)).values(
-            message_id=env.message_id,
-            type=env.type,
-            version=message.message_version,
-            exchange=env.exchange,
-            routing_key=env.routing_key,
-            body=env.body.decode(),
-            headers=env.headers,
-            correlation_id=env.correlation_id,
-            # The AMQP timestamp is taken from it (whole seconds), as the
-            # publisher takes it from the clock when publish() is called.
-            created_at=_now(),
-            attempts=0,
+    # The producer span is this write: the row keeps the traceparent the
+    # relay sends, whenever that is.
+    with tracing.sending(env.span):
+        try:
+            json.dumps(env.headers)
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(f"outbox headers must be JSON values: {exc}") from exc
+        conn.execute(
+            sa.insert(_table(table)).values(
+                message_id=env.message_id,
+                type=env.type,
+                version=message.message_version,
+                exchange=env.exchange,
+                routing_key=env.routing_key,
+                body=env.body.decode(),
+                headers=env.headers,
+                correlation_id=env.correlation_id,
+                # The AMQP timestamp is taken from it (whole seconds), as the
+                # publisher takes it from the clock when publish() is called.
+                created_at=_now(),
+                attempts=0,
+            )
         )
-    )
     return env.message_id
 
 

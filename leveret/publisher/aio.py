@@ -17,7 +17,7 @@ import structlog
 from pamqp import commands as spec
 from yarl import URL
 
-from leveret import connection, wire
+from leveret import connection, tracing, wire
 from leveret.errors import (
     AccessRefused,
     BrokerUnavailable,
@@ -246,6 +246,17 @@ class AsyncPublisher(PublisherCore):
 
     async def send(self, env: wire.Envelope) -> None:
         """Publish a ready envelope with confirms, reconnecting as needed."""
+        with tracing.sending(env.span):
+            await self._send(env)
+        log.debug(
+            "message.published",
+            message_id=env.message_id,
+            type=env.type,
+            exchange=env.exchange,
+            routing_key=env.routing_key,
+        )
+
+    async def _send(self, env: wire.Envelope) -> None:
         properties = amqp_properties(env, self.app_id)
         deadline = time.monotonic() + self.reconnect_timeout
         delay = 0.1
@@ -268,13 +279,6 @@ class AsyncPublisher(PublisherCore):
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
-        log.debug(
-            "message.published",
-            message_id=env.message_id,
-            type=env.type,
-            exchange=env.exchange,
-            routing_key=env.routing_key,
-        )
 
     async def close(self) -> None:
         """Close the connection; the publisher reconnects if used again."""

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from leveret import connection, wire
+from leveret import connection, tracing, wire
 from leveret import delay as leveret_delay
 from leveret.errors import ConfigurationError, MessageTooLarge
 from leveret.messages import Message
@@ -20,6 +20,8 @@ DEFAULT_MAX_SIZE = wire.DEFAULT_MAX_SIZE
 
 RECONNECT_TIMEOUT = 30.0
 """Seconds a publish keeps trying to reach the broker before it gives up."""
+
+_TRACE = frozenset((tracing.TRACEPARENT, tracing.TRACESTATE))
 
 
 class PublisherCore:
@@ -72,6 +74,12 @@ class PublisherCore:
         hand the message to its exchange when it is due (:mod:`leveret.delay`).
         ``batch_id`` makes it a member of a batch (``Context.batch``).
 
+        The message gets its ``traceparent`` here (:mod:`leveret.tracing`): a
+        child of the one in ``headers`` when the caller passes one, else of the
+        current trace (the delivery a handler is processing), else a new trace.
+        With OpenTelemetry, a PRODUCER span starts here too; whoever sends the
+        envelope ends it (:func:`leveret.tracing.sent`).
+
         Raises:
             ConfigurationError: no exchange or routing key, given or defaulted;
                 a delay out of range, or both ``delay`` and ``at``.
@@ -95,13 +103,27 @@ class PublisherCore:
                 f"{message.message_type} v{message.message_version}: body is {len(body)} bytes, "
                 f"over the limit of {self.max_size}"
             )
+        given = headers or {}
         # leveret-* headers belong to the contract: a caller cannot forge a retry
-        # count or a failure reason.
-        all_headers = {k: v for k, v in (headers or {}).items() if not k.startswith("leveret-")}
+        # count or a failure reason. A caller's traceparent is a parent, not the
+        # message's own: the trace headers are made below.
+        all_headers = {
+            k: v for k, v in given.items() if not k.startswith("leveret-") and k not in _TRACE
+        }
         all_headers[wire.VERSION] = message.message_version
         if batch_id is not None:
             all_headers[wire.BATCH] = batch_id
         wait = 0 if delay is None and at is None else leveret_delay.seconds(delay, at)
+        message_id = message_id or wire.new_message_id()
+        # Last, once nothing can fail: a span started here ends when it is sent.
+        trace_headers, span = tracing.outgoing(
+            given,
+            exchange=exchange,
+            routing_key=routing_key,
+            message_id=message_id,
+            type=message.message_type,
+        )
+        all_headers.update(trace_headers)
         if wait:
             route = leveret_delay.route(exchange, wait)
             exchange = route.exchange
@@ -110,11 +132,12 @@ class PublisherCore:
             exchange=exchange,
             routing_key=routing_key,
             body=body,
-            message_id=message_id or wire.new_message_id(),
+            message_id=message_id,
             type=message.message_type,
             headers=all_headers,
             timestamp=wire.now_seconds(),
             correlation_id=correlation_id,
+            span=span,
         )
 
 

@@ -24,7 +24,7 @@ import pika.exceptions
 import pika.spec
 import structlog
 
-from leveret import connection, wire
+from leveret import connection, tracing, wire
 from leveret.errors import (
     AccessRefused,
     BrokerUnavailable,
@@ -426,6 +426,12 @@ def _closed_error(item: _Pending, reason: BaseException) -> LeveretError:
     return NotConfirmed(f"channel closed: {reason}")
 
 
+def _ended(envs: Sequence[wire.Envelope], errors: Mapping[str, BaseException]) -> None:
+    """End the producer spans of sent envelopes, with the error each one met."""
+    for env in envs:
+        tracing.sent(env.span, errors.get(env.message_id))
+
+
 def _settle(item: _Pending, error: BaseException | None) -> None:
     if item.done:
         return
@@ -573,6 +579,7 @@ class Publisher(PublisherCore):
         deadline = time.monotonic() + self.reconnect_timeout
         delay = 0.1
         first_error: LeveretError | None = None
+        errors: dict[str, LeveretError] = {}  # by message id, to end each producer span
         while items:
             link: _Link | None = None
             lost: list[_Pending] = items
@@ -588,13 +595,18 @@ class Publisher(PublisherCore):
                         cause = item.error
                     elif isinstance(item.error, LeveretError):
                         first_error = first_error or item.error
+                        errors[item.env.message_id] = item.error
             except _Lost as exc:
                 cause = exc
             if not lost:
                 break
             self._drop(link)
             if time.monotonic() + delay > deadline:
-                raise BrokerUnavailable(connection.unreachable(self.urls)) from cause
+                unavailable = BrokerUnavailable(connection.unreachable(self.urls))
+                for item in lost:
+                    errors[item.env.message_id] = unavailable
+                _ended(envs, errors)
+                raise unavailable from cause
             log.warning(
                 "publisher.reconnecting",
                 error=type(cause).__name__ if cause else "_Lost",
@@ -603,6 +615,7 @@ class Publisher(PublisherCore):
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
             items = [item.again() for item in lost]
+        _ended(envs, errors)
         if first_error is not None:
             raise first_error
         for env in envs:

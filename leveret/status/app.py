@@ -25,7 +25,7 @@ from datetime import timedelta
 
 import structlog
 
-from leveret import wire
+from leveret import tracing, wire
 from leveret.consumers import App, Context
 from leveret.status.events import EXCHANGE, JobStatus, Then
 from leveret.status.store import DEFAULT_TTL, DEFAULT_URL, Closed, JobStore
@@ -98,16 +98,27 @@ def build_app(
 
 
 def then_envelope(batch_id: str, then: Then) -> wire.Envelope:
-    """The message a closed batch publishes, correlated with the batch."""
+    """The message a closed batch publishes, correlated with the batch.
+
+    It continues the current trace: the member's whose end closed the batch.
+    """
+    trace_headers, span = tracing.outgoing(
+        {},
+        exchange=then.exchange,
+        routing_key=then.routing_key,
+        message_id=then.message_id,
+        type=then.type,
+    )
     return wire.Envelope(
         exchange=then.exchange,
         routing_key=then.routing_key,
         body=then.body.encode(),
         message_id=then.message_id,
         type=then.type,
-        headers={wire.VERSION: then.version},
+        headers={wire.VERSION: then.version, **trace_headers},
         timestamp=wire.now_seconds(),
         correlation_id=batch_id,
+        span=span,
     )
 
 

@@ -26,7 +26,7 @@ import pika
 import structlog
 from structlog.contextvars import bound_contextvars
 
-from leveret import dlq, wire
+from leveret import dlq, tracing, wire
 from leveret import retry as leveret_retry
 from leveret.consumers.app import App
 from leveret.consumers.attempt import attempt, settled
@@ -152,12 +152,13 @@ class Broker:
 
     def _send(self, env: wire.Envelope, by: str) -> None:
         props = Properties.of(env, self.core.app_id)
-        try:
-            queues = self._route(env.exchange, env.routing_key, props, env.body, by=by)
-        except KeyError as exc:
-            raise TopologyMissing(missing_exchange(env)) from exc
-        if not queues:
-            raise Unroutable(unroutable(env))
+        with tracing.sending(env.span):
+            try:
+                queues = self._route(env.exchange, env.routing_key, props, env.body, by=by)
+            except KeyError as exc:
+                raise TopologyMissing(missing_exchange(env)) from exc
+            if not queues:
+                raise Unroutable(unroutable(env))
 
     def _route(
         self,
@@ -378,7 +379,10 @@ class _Run:
             if len(self.outcomes) >= self.limit:
                 self.broker.vhost.held[ready[0]].appendleft(ready[1])
                 raise Runaway(f"more than {self.limit} deliveries in one run: a publishing loop?")
-            self.outcomes.append(await self.broker._deliver(*ready, self))
+            # In a task of its own, as in the worker: what the attempt sets in
+            # its context (the trace, the log bindings) ends with the delivery.
+            delivered = asyncio.create_task(self.broker._deliver(*ready, self))
+            self.outcomes.append(await delivered)
 
 
 def _dlq(queue: str) -> str:

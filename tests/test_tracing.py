@@ -1,0 +1,162 @@
+"""W3C trace context: parsing, formatting, children and roots, the current trace (no broker)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import re
+
+import pytest
+
+from leveret import tracing
+from leveret.tracing import TraceContext
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_ID = "00f067aa0ba902b7"
+VALID = f"00-{TRACE_ID}-{PARENT_ID}-01"
+FORMAT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def test_a_valid_traceparent_is_read() -> None:
+    assert tracing.parse(VALID) == TraceContext(TRACE_ID, PARENT_ID, "01")
+    assert tracing.parse(VALID.replace("-01", "-00")) == TraceContext(TRACE_ID, PARENT_ID, "00")
+
+
+def test_a_traceparent_is_written_as_it_was_read() -> None:
+    for flags in ("00", "01", "03"):
+        value = f"00-{TRACE_ID}-{PARENT_ID}-{flags}"
+        context = tracing.parse(value)
+        assert context is not None
+        assert context.traceparent == value
+
+
+def test_bytes_are_read_as_amqp_clients_may_hand_them_over() -> None:
+    assert tracing.parse(VALID.encode(), b"vendor=1") == TraceContext(
+        TRACE_ID, PARENT_ID, "01", "vendor=1"
+    )
+
+
+INVALID = {
+    "empty": "",
+    "uppercase hex": VALID.upper(),
+    "version 01": "01" + VALID[2:],
+    "version ff": "ff" + VALID[2:],
+    "trailing data": VALID + "-extra",
+    "short trace-id": f"00-{TRACE_ID[:-1]}-{PARENT_ID}-01",
+    "long parent-id": f"00-{TRACE_ID}-{PARENT_ID}0-01",
+    "not hex": f"00-{TRACE_ID[:-1]}g-{PARENT_ID}-01",
+    "all-zero trace-id": f"00-{'0' * 32}-{PARENT_ID}-01",
+    "all-zero parent-id": f"00-{TRACE_ID}-{'0' * 16}-01",
+    "one-digit flags": f"00-{TRACE_ID}-{PARENT_ID}-1",
+    "underscores": VALID.replace("-", "_"),
+    "whitespace": f" {VALID}",
+    "newline": f"{VALID}\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(INVALID))
+def test_a_malformed_traceparent_is_none(case: str) -> None:
+    assert tracing.parse(INVALID[case]) is None
+
+
+@pytest.mark.parametrize("value", [None, 1, 1.5, True, ["x"], {"traceparent": VALID}])
+def test_a_traceparent_that_is_not_text_is_none(value: object) -> None:
+    assert tracing.parse(value) is None
+
+
+def test_tracestate_is_kept_unchanged_with_a_valid_traceparent_only() -> None:
+    state = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"
+    assert tracing.of({"traceparent": VALID, "tracestate": state}) == TraceContext(
+        TRACE_ID, PARENT_ID, "01", state
+    )
+    assert tracing.of({"traceparent": "nonsense", "tracestate": state}) is None
+    assert tracing.of({"tracestate": state}) is None
+    assert tracing.of({}) is None
+
+
+def test_an_empty_tracestate_is_no_tracestate() -> None:
+    context = tracing.of({"traceparent": VALID, "tracestate": ""})
+    assert context is not None and context.state is None
+    assert context.headers() == {"traceparent": VALID}
+
+
+def test_headers_carry_tracestate_when_there_is_one() -> None:
+    assert TraceContext(TRACE_ID, PARENT_ID, "01", "a=1").headers() == {
+        "traceparent": VALID,
+        "tracestate": "a=1",
+    }
+
+
+def test_a_child_keeps_the_trace_the_flags_and_the_state() -> None:
+    parent = TraceContext(TRACE_ID, PARENT_ID, "00", "a=1")
+    children = [tracing.child(parent) for _ in range(20)]
+    for c in children:
+        assert (c.trace_id, c.flags, c.state) == (TRACE_ID, "00", "a=1")
+        assert tracing.parse(c.traceparent) == TraceContext(TRACE_ID, c.parent_id, "00")
+    ids = {c.parent_id for c in children}
+    assert PARENT_ID not in ids
+    assert len(ids) == len(children)
+
+
+def test_a_root_is_a_new_sampled_trace() -> None:
+    roots = [tracing.root() for _ in range(20)]
+    for r in roots:
+        assert FORMAT.fullmatch(r.traceparent)
+        assert r.flags == "01" and r.state is None
+        assert tracing.parse(r.traceparent) == r
+    assert len({r.trace_id for r in roots}) == len(roots)
+
+
+def test_outside_any_trace_there_is_no_current_trace() -> None:
+    assert contextvars.Context().run(tracing.current) is None
+
+
+def test_continuing_sets_the_current_trace_for_a_block() -> None:
+    context = TraceContext(TRACE_ID, PARENT_ID)
+
+    def inside() -> None:
+        with tracing.continuing(context):
+            assert tracing.current() == context
+        assert tracing.current() is None
+
+    contextvars.Context().run(inside)
+
+
+def test_outgoing_continues_the_callers_traceparent_before_the_current_trace() -> None:
+    other = TraceContext("1" * 32, "2" * 16)
+
+    def inside() -> None:
+        with tracing.continuing(other):
+            given, _ = tracing.outgoing(
+                {"traceparent": VALID}, exchange="e", routing_key="k", message_id="m", type="t"
+            )
+            current, _ = tracing.outgoing(
+                {}, exchange="e", routing_key="k", message_id="m", type="t"
+            )
+        assert given["traceparent"].split("-")[1] == TRACE_ID
+        assert current["traceparent"].split("-")[1] == other.trace_id
+
+    contextvars.Context().run(inside)
+
+
+def test_a_delivery_without_a_valid_traceparent_starts_a_new_trace() -> None:
+    def handled(headers: dict[str, object]) -> tracing.Handling:
+        return tracing.handle("q", headers)
+
+    fresh = [contextvars.Context().run(handled, {"traceparent": "bad"}) for _ in range(2)]
+    assert fresh[0].trace_id != fresh[1].trace_id
+    assert fresh[0].context.flags == "01"
+    kept = contextvars.Context().run(handled, {"traceparent": VALID})
+    assert kept.trace_id == TRACE_ID
+
+
+async def test_handle_sets_the_current_trace_for_the_rest_of_its_task() -> None:
+    async def delivery() -> TraceContext | None:
+        tracing.handle("q", {"traceparent": VALID})
+        await asyncio.sleep(0)
+        return tracing.current()
+
+    inside = await asyncio.create_task(delivery())
+    assert inside is not None and inside.trace_id == TRACE_ID
+    # The task's context ended with it.
+    assert tracing.current() is None
