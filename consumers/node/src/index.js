@@ -4,6 +4,7 @@ export { DEFAULTS, DEFAULT_SCHEMAS, loadConfig, redact } from "./config.js";
 export { Schemas } from "./schemas.js";
 export { DeadLetter, MessageError } from "./wire.js";
 export { StartupError, Worker } from "./worker.js";
+export { TRACEPARENT, TRACESTATE, childOf, formatTraceparent, newTrace, parseTraceparent } from "./trace.js";
 export {
   AccessRefused,
   BrokerUnavailable,

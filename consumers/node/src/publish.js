@@ -20,7 +20,8 @@ const USAGE = `usage: node src/publish.js --exchange X --routing-key K --type T 
 
   --url defaults to $LEVERET_URL, else amqp://guest:guest@localhost:5672/
   (prefer LEVERET_URL to --url: a command line is visible to other users).
-  Prints the message id once the broker has confirmed the message.`;
+  The message starts a new trace, unless --header traceparent=00-... names
+  its parent. Prints the message id once the broker has confirmed the message.`;
 
 class UsageError extends Error {}
 

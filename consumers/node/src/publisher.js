@@ -11,6 +11,7 @@ import { DEFAULTS, DEFAULT_SCHEMAS, redact, scrub } from "./config.js";
 import { AccessRefused, ChannelLost, ConfirmPublisher, ExchangeMissing, NotConfirmed, PublishError } from "./confirm.js";
 import { logger } from "./log.js";
 import { Schemas } from "./schemas.js";
+import { publishTraceHeaders } from "./trace.js";
 import { DEFAULT_MAX_SIZE, MessageError, outgoing } from "./wire.js";
 
 /** How long a publish keeps reconnecting before it reports the broker unavailable (as leveret's Python publishers). */
@@ -101,7 +102,8 @@ export class Publisher {
    * @param options.exchange, options.routingKey  where it goes (both required; "" is the default exchange)
    * @param options.messageId      default: a new UUID. Pass the same one to publish the same task again
    * @param options.correlationId  ties the task to a request or a job
-   * @param options.headers        application headers (`leveret-` ones are dropped)
+   * @param options.headers        application headers (`leveret-` ones are dropped). A valid
+   *   `traceparent` among them is the parent of the message's own; without one the message starts a new trace
    * @returns the message id, once the broker confirmed the message
    */
   async publish(type, version, payload, options = {}) {
@@ -169,7 +171,8 @@ export class Publisher {
     if (messageId !== undefined && (typeof messageId !== "string" || messageId === "")) {
       throw new TypeError("publish: messageId must be a non-empty string");
     }
-    const options = { maxSize: this.maxSize, messageId, correlationId, appId: this.appId, headers };
+    const trace = publishTraceHeaders(headers);
+    const options = { maxSize: this.maxSize, messageId, correlationId, appId: this.appId, headers, trace };
     return { exchange, routingKey, ...outgoing(this.#schemas, type, version, payload, options) };
   }
 

@@ -3,6 +3,7 @@
 // message id). Status is reported, never required: report() never throws.
 
 import { Unroutable } from "./confirm.js";
+import { followUpHeaders } from "./trace.js";
 import { outgoing } from "./wire.js";
 
 export const STATUS_EXCHANGE = "leveret.status";
@@ -37,14 +38,15 @@ export function jobStatus(delivery, state, fields = {}, at = statusTime()) {
 
 /**
  * Publish one status event on the worker's confirm channel (validated,
- * persistent, mandatory, confirmed). An event the schema refuses (a result
- * reference too long, say) is sent with the state alone. A return (nothing
- * bound to the job id) is logged at debug level; any other failure is logged.
+ * persistent, mandatory, confirmed), continuing the delivery's trace. An
+ * event the schema refuses (a result reference too long, say) is sent with the
+ * state alone. A return (nothing bound to the job id) is logged at debug
+ * level; any other failure is logged.
  */
 export async function report({ publisher, schemas, log }, delivery, state, fields = {}) {
   const event = jobStatus(delivery, state, fields);
   const what = { job_id: event.job_id, state };
-  const options = { correlationId: delivery.properties.correlationId ?? event.job_id };
+  const options = { correlationId: delivery.properties.correlationId ?? event.job_id, trace: followUpHeaders(delivery.trace) };
   let message;
   try {
     message = outgoing(schemas, STATUS_TYPE, 1, event, options);

@@ -5,6 +5,7 @@
 // src/publisher.js perform what these functions decide.
 
 import { randomUUID } from "node:crypto";
+import { TRACEPARENT, TRACESTATE, traceOf } from "./trace.js";
 
 export const CONTENT_TYPE = "application/json";
 export const CONTENT_ENCODING = "utf-8";
@@ -93,7 +94,12 @@ export function integerHeader(value) {
 
 // --- reading a delivery -------------------------------------------------------
 
-/** A client-neutral view of an amqplib message ({content, fields, properties}). */
+/**
+ * A client-neutral view of an amqplib message ({content, fields, properties}).
+ * `trace` is the trace the delivery belongs to (src/trace.js): its own, or a
+ * new one when it has no valid traceparent. Read once, so that every message
+ * sent for the delivery continues the same trace.
+ */
 export function toDelivery(msg) {
   const props = msg.properties ?? {};
   const headers = props.headers ?? {};
@@ -111,6 +117,7 @@ export function toDelivery(msg) {
     version: integerHeader(headers[H.VERSION]),
     retryCount,
     attempt: retryCount + 1,
+    trace: traceOf(headers),
   };
 }
 
@@ -316,13 +323,18 @@ export function fit(headers, budget) {
  * optional `correlation_id` and `app_id`, and `leveret-version` as an AMQP
  * integer. The caller's headers are kept except `leveret-` ones: the prefix
  * belongs to the contract, so a publisher cannot forge a retry count or a
- * failure reason (as leveret's Python publisher does).
+ * failure reason (as leveret's Python publisher does). `trace`, the message's
+ * trace headers (src/trace.js), replaces any traceparent and tracestate the
+ * caller gave.
  */
-export function publishProperties({ type, version, messageId, correlationId, appId, headers = {}, now = Date.now() }) {
+export function publishProperties({ type, version, messageId, correlationId, appId, headers = {}, trace, now = Date.now() }) {
   const clean = {};
   for (const [name, value] of Object.entries(headers ?? {})) {
-    if (!name.startsWith("leveret-")) clean[name] = value;
+    if (name.startsWith("leveret-")) continue;
+    if (trace && (name === TRACEPARENT || name === TRACESTATE)) continue;
+    clean[name] = value;
   }
+  if (trace) Object.assign(clean, trace);
   clean[H.VERSION] = amqpInt(version);
   const options = {
     contentType: CONTENT_TYPE,
@@ -347,8 +359,9 @@ export function publishProperties({ type, version, messageId, correlationId, app
  * the caller's object is left as it is, without the schema's defaults).
  *
  * @param schemas {has(type, version), versions(type), validate(type, version, value)}, as src/schemas.js
+ * @param options.trace  the message's trace headers (src/trace.js: followUpHeaders, publishTraceHeaders)
  */
-export function outgoing(schemas, type, version, payload, { maxSize = DEFAULT_MAX_SIZE, messageId, correlationId, appId, headers, now } = {}) {
+export function outgoing(schemas, type, version, payload, { maxSize = DEFAULT_MAX_SIZE, messageId, correlationId, appId, headers, trace, now } = {}) {
   if (typeof type !== "string" || type === "") throw new MessageError("unknown-type", "not published: no message type given");
   if (!Number.isInteger(version)) {
     throw new MessageError("unknown-version", `not published: ${type}: the version must be an integer, got ${JSON.stringify(version)}`);
@@ -372,6 +385,6 @@ export function outgoing(schemas, type, version, payload, { maxSize = DEFAULT_MA
   }
   const problem = schemas.validate(type, version, JSON.parse(json));
   if (problem) throw new MessageError("schema-violation", `not published: ${what}: ${problem}`);
-  const properties = publishProperties({ type, version, messageId: messageId ?? randomUUID(), correlationId, appId, headers, now });
+  const properties = publishProperties({ type, version, messageId: messageId ?? randomUUID(), correlationId, appId, headers, trace, now });
   return { body, properties };
 }

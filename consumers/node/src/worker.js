@@ -10,6 +10,7 @@ import { redact, scrub } from "./config.js";
 import { ConfirmPublisher } from "./confirm.js";
 import { logger } from "./log.js";
 import { STATUS_EXCHANGE, batchOf, report } from "./status.js";
+import { followUpHeaders } from "./trace.js";
 import {
   DEFAULT_MAX_SIZE,
   HandlerTimeout,
@@ -328,6 +329,7 @@ export class Worker {
     if (tracked && outcome === "dead_lettered") await status("failed", { reason: decision.reason, error: decision.error });
     const fields = {
       message_id: delivery.messageId,
+      trace_id: delivery.trace.context.traceId,
       type: delivery.type,
       version: delivery.version,
       queue: this.queue,
@@ -371,6 +373,8 @@ export class Worker {
       redelivered: delivery.redelivered,
       correlationId: delivery.properties.correlationId ?? null,
       headers: delivery.headers,
+      /** The trace this delivery belongs to (a new one when it came without a valid traceparent). */
+      traceId: delivery.trace.context.traceId,
       /** Aborted when the handler times out: pass it to anything cancellable. */
       signal,
       log: this.log,
@@ -386,11 +390,13 @@ export class Worker {
       /**
        * Publish a message the way the contract says: validated, with its
        * properties, persistent, mandatory, and confirmed before this resolves.
-       * Returns the new message id.
+       * It continues this delivery's trace (a traceparent in `headers` is
+       * replaced). Returns the new message id.
        */
       async publish(type, v, payload, { exchange, routingKey = "", correlationId, headers } = {}) {
         if (typeof exchange !== "string") throw new TypeError("publish: an exchange is required");
-        const { body, properties } = outgoing(schemas, type, v, payload, { maxSize, correlationId, headers });
+        const trace = followUpHeaders(delivery.trace);
+        const { body, properties } = outgoing(schemas, type, v, payload, { maxSize, correlationId, headers, trace });
         await publisher.publish(exchange, routingKey, body, properties);
         return properties.messageId;
       },

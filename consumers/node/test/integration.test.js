@@ -17,6 +17,7 @@ import { DEFAULT_SCHEMAS } from "../src/config.js";
 import { conformance, exportReport } from "../src/handlers.js";
 import { Schemas } from "../src/schemas.js";
 import { STATUS_EXCHANGE } from "../src/status.js";
+import { parseTraceparent } from "../src/trace.js";
 import { DeadLetter } from "../src/wire.js";
 import { Worker } from "../src/worker.js";
 import { peekHeaders } from "./helpers/amqp-peek.js";
@@ -26,6 +27,9 @@ const MAIN = fileURLToPath(new URL("../src/main.js", import.meta.url));
 const ROUTING_KEY = "conformance";
 const TIERS = [200, 400]; // ms; max_attempts 3
 const int = (value) => ({ "!": "int", value }); // as pika sends integers
+const TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PARENT_ID = "00f067aa0ba902b7";
+const TRACEPARENT = `00-${TRACE_ID}-${PARENT_ID}-01`;
 
 async function brokerUp() {
   try {
@@ -234,6 +238,9 @@ describe("the worker against RabbitMQ", { skip, timeout: 120_000 }, () => {
     assert.equal(typeof props.timestamp, "number");
     assert.equal(props.headers["leveret-version"], 1);
     const line = await waitFor(() => worker.events("message.processed").find((l) => l.message_id === id), "the log line");
+    // The task came without a traceparent: the receipt starts the trace the log line names.
+    assert.equal(parseTraceparent(props.headers.traceparent)?.traceId, line.trace_id);
+    assert.equal(parseTraceparent(props.headers.traceparent).flags, "01");
     assert.deepEqual(
       { ...line, time: undefined, duration_ms: undefined },
       {
@@ -241,6 +248,7 @@ describe("the worker against RabbitMQ", { skip, timeout: 120_000 }, () => {
         level: "info",
         event: "message.processed",
         message_id: id,
+        trace_id: line.trace_id,
         type: "leveret.conformance",
         version: 1,
         queue: h.q,
@@ -250,6 +258,18 @@ describe("the worker against RabbitMQ", { skip, timeout: 120_000 }, () => {
         error: null,
       },
     );
+  });
+
+  it("a receipt continues the task's trace: same trace-id and flags, new parent-id, tracestate kept", async () => {
+    const headers = { "leveret-version": int(1), traceparent: `00-${TRACE_ID}-${PARENT_ID}-00`, tracestate: "congo=t61rcWkgMzE" };
+    const id = await h.publish({ payload: { note: "traced" }, headers });
+    const [receipt] = await h.receipt(id);
+    const sent = parseTraceparent(receipt.msg.properties.headers.traceparent);
+    assert.deepEqual({ ...sent, parentId: undefined }, { traceId: TRACE_ID, parentId: undefined, flags: "00" });
+    assert.notEqual(sent.parentId, PARENT_ID);
+    assert.equal(receipt.msg.properties.headers.tracestate, "congo=t61rcWkgMzE");
+    const line = await waitFor(() => h.worker.events("message.processed").find((l) => l.message_id === id), "the log line");
+    assert.equal(line.trace_id, TRACE_ID);
   });
 
   it("handles demo.export v1 and v2: logs the export, acks", async () => {
@@ -279,7 +299,7 @@ describe("the worker against RabbitMQ", { skip, timeout: 120_000 }, () => {
 
   it("retries a task that always fails through every tier, then dead-letters it", async () => {
     const started = Date.now();
-    const id = await h.publish({ payload: { fail_times: 99 } });
+    const id = await h.publish({ payload: { fail_times: 99 }, headers: { "leveret-version": int(1), traceparent: TRACEPARENT } });
     // Read the wire types first (the peek leaves the message in place).
     const wire = await waitFor(() => peekHeaders(URL_, `${h.q}.dlq`, id), "the dead letter on the wire");
     assert.ok(Date.now() - started >= 0.9 * (TIERS[0] + TIERS[1]), "it waited in both tiers");
@@ -296,6 +316,7 @@ describe("the worker against RabbitMQ", { skip, timeout: 120_000 }, () => {
     assert.equal(letter.properties.type, "leveret.conformance");
     assert.equal(headers["leveret-retry-count"], 3);
     assert.equal(headers["leveret-reason"], "handler-error");
+    assert.equal(headers.traceparent, TRACEPARENT, "every copy keeps the traceparent unchanged");
     assert.equal(headers["leveret-error-type"], "ConformanceFailure");
     assert.equal(headers["leveret-error-message"], "failing on purpose: attempt 3 of 99");
     assert.match(headers["leveret-error-traceback"], /ConformanceFailure: failing on purpose/);
@@ -436,6 +457,7 @@ describe("job status", { skip, timeout: 60_000 }, () => {
     await h.ch.bindQueue(`${h.q}.status`, STATUS_EXCHANGE, id);
     await h.publish({ ...spec, messageId: id });
     const got = [];
+    const traces = [];
     await waitFor(async () => {
       for (let msg; (msg = await h.ch.get(`${h.q}.status`, { noAck: true })); ) {
         assert.equal(msg.properties.type, "leveret.job.status");
@@ -443,12 +465,13 @@ describe("job status", { skip, timeout: 60_000 }, () => {
         assert.equal(msg.fields.routingKey, id);
         assert.equal(schemas.validate("leveret.job.status", 1, JSON.parse(msg.content.toString())), null);
         got.push(JSON.parse(msg.content.toString())); // unvalidated: ajv fills in the defaults
+        traces.push(parseTraceparent(msg.properties.headers.traceparent));
       }
       return got.length >= n;
     }, `${n} status events of ${id}`);
     assert.ok(got.every((e) => e.job_id === id && /\.\d{6}\+00:00$/.test(e.at)));
     assert.deepEqual([...got].sort((a, b) => (a.at < b.at ? -1 : 1)), got, "in the order of `at`");
-    return { id, events: got };
+    return { id, events: got, traces };
   }
 
   it("a tracked task reports started, progress, progress, succeeded with its result", async () => {
@@ -462,6 +485,13 @@ describe("job status", { skip, timeout: 60_000 }, () => {
         { state: "succeeded", percent: undefined, message: undefined, result: `exports/${id}.csv`, attempt: 1 },
       ],
     );
+  });
+
+  it("the status events of a task continue its trace, each with a parent-id of its own", async () => {
+    const headers = { "leveret-version": int(1), traceparent: TRACEPARENT };
+    const { traces } = await events(4, { type: "demo.export", body: '{"user_id": 5}', headers });
+    assert.deepEqual(traces.map((t) => [t?.traceId, t?.flags]), Array(4).fill([TRACE_ID, "01"]));
+    assert.equal(new Set([PARENT_ID, ...traces.map((t) => t.parentId)]).size, 5);
   });
 
   it("a failing tracked task reports retrying, then failed", async () => {

@@ -22,6 +22,7 @@ import {
   Publisher,
   Unroutable,
   publishExportTask,
+  parseTraceparent,
 } from "../src/index.js";
 import { peekHeaders } from "./helpers/amqp-peek.js";
 
@@ -196,7 +197,14 @@ describe("Publisher against RabbitMQ", { skip, timeout: 60_000 }, () => {
 
       // The header types as the broker sends them: leveret-version is an AMQP integer.
       const tags = await waitFor(() => peekHeaders(URL_, t.name, id), "the message in the queue");
-      assert.deepEqual(tags, { tenant: { tag: "S", value: "acme" }, "leveret-version": { tag: "I", value: 2 } });
+      const traceparent = tags.traceparent?.value;
+      assert.deepEqual(tags, {
+        tenant: { tag: "S", value: "acme" },
+        "leveret-version": { tag: "I", value: 2 },
+        traceparent: { tag: "S", value: traceparent },
+      });
+      // Published outside any handler, without a traceparent: a new trace.
+      assert.equal(parseTraceparent(traceparent)?.flags, "01");
 
       const [msg, ...rest] = await waitFor(async () => {
         const got = await t.drain();
@@ -212,12 +220,32 @@ describe("Publisher against RabbitMQ", { skip, timeout: 60_000 }, () => {
       assert.equal(p.appId, "node-test");
       assert.equal(p.correlationId, "req-7");
       assert.ok(p.timestamp >= before && p.timestamp <= Math.floor(Date.now() / 1000), `timestamp ${p.timestamp}`);
-      assert.deepEqual(p.headers, { tenant: "acme", "leveret-version": 2 });
+      assert.deepEqual(p.headers, { tenant: "acme", "leveret-version": 2, traceparent });
       for (const absent of ["expiration", "userId", "priority", "replyTo"]) assert.equal(p[absent], undefined, absent);
       // The payload only, as given: no defaults added, and the caller's object untouched.
       assert.equal(msg.content.toString("utf8"), JSON.stringify(payload));
       assert.deepEqual(payload, { user_id: 7, format: "xlsx" });
       assert.deepEqual({ exchange: msg.fields.exchange, routingKey: msg.fields.routingKey }, { exchange: t.name, routingKey: "task" });
+    });
+
+    it("continues a traceparent the caller passes: same trace-id and flags, a new parent-id", async () => {
+      const given = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+      const headers = { traceparent: given, tracestate: "congo=t61rcWkgMzE" };
+      await publisher.publish("demo.export", 1, { user_id: 1 }, { exchange: t.name, routingKey: "task", headers });
+      await publisher.publish("demo.export", 1, { user_id: 2 }, { exchange: t.name, routingKey: "task", headers: { traceparent: "garbage" } });
+      const [traced, untraced] = await waitFor(async () => {
+        const got = await t.drain();
+        return got.length === 2 && got.sort((a, b) => a.content.toString().localeCompare(b.content.toString()));
+      }, "both messages");
+      const sent = parseTraceparent(traced.properties.headers.traceparent);
+      assert.deepEqual([sent.traceId, sent.flags], ["4bf92f3577b34da6a3ce929d0e0e4736", "00"]);
+      assert.notEqual(sent.parentId, "00f067aa0ba902b7");
+      assert.equal(traced.properties.headers.tracestate, "congo=t61rcWkgMzE");
+      assert.deepEqual(headers, { traceparent: given, tracestate: "congo=t61rcWkgMzE" }, "the caller's headers untouched");
+      // An invalid one is replaced by a new trace.
+      const fresh = parseTraceparent(untraced.properties.headers.traceparent);
+      assert.notEqual(fresh, null);
+      assert.notEqual(fresh.traceId, "4bf92f3577b34da6a3ce929d0e0e4736");
     });
 
     it("keeps a message id it is given", async () => {
@@ -495,7 +523,9 @@ describe("Publisher against RabbitMQ", { skip, timeout: 60_000 }, () => {
 
     it("prints the message id after the confirm", async () => {
       const given = randomUUID();
-      const { code, stdout, stderr } = await cli([...base(), "--message-id", given, "--correlation-id", "c-1", "--app-id", "cli", "--header", "tenant=acme", '{"user_id": 8, "columns": ["id"]}']);
+      const parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+      const headers = ["--header", "tenant=acme", "--header", `traceparent=${parent}`];
+      const { code, stdout, stderr } = await cli([...base(), "--message-id", given, "--correlation-id", "c-1", "--app-id", "cli", ...headers, '{"user_id": 8, "columns": ["id"]}']);
       assert.equal(code, 0, stderr);
       assert.equal(stdout, `${given}\n`);
       assert.equal(stderr, "");
@@ -503,7 +533,11 @@ describe("Publisher against RabbitMQ", { skip, timeout: 60_000 }, () => {
       assert.equal(msg.properties.messageId, given);
       assert.equal(msg.properties.correlationId, "c-1");
       assert.equal(msg.properties.appId, "cli");
-      assert.deepEqual(msg.properties.headers, { tenant: "acme", "leveret-version": 2 });
+      const { traceparent, ...rest } = msg.properties.headers;
+      assert.deepEqual(rest, { tenant: "acme", "leveret-version": 2 });
+      // --header traceparent=... is the parent: the same trace, a new parent-id.
+      assert.equal(parseTraceparent(traceparent)?.traceId, "4bf92f3577b34da6a3ce929d0e0e4736");
+      assert.notEqual(traceparent, parent);
       assert.deepEqual(JSON.parse(msg.content), { user_id: 8, columns: ["id"] });
 
       const fresh = await cli([...base(), '{"user_id": 9}']);
