@@ -4,6 +4,7 @@
 # Bunny and json_schemer (both from Debian's packages).
 require_relative "leveret/errors"
 require_relative "leveret/wire"
+require_relative "leveret/trace"
 require_relative "leveret/log"
 require_relative "leveret/strict_json"
 require_relative "leveret/schemas"

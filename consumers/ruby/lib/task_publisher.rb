@@ -4,6 +4,7 @@ require "bunny"
 require "json"
 require_relative "leveret/errors"
 require_relative "leveret/wire"
+require_relative "leveret/trace"
 require_relative "leveret/log"
 require_relative "leveret/strict_json"
 require_relative "leveret/schemas"
@@ -47,16 +48,19 @@ class TaskPublisher
     #
     # @param user_id [Integer] the user (an Integer >= 1)
     # @param format [String] "csv" or "xlsx"
+    # @param headers [Hash] application headers; a "traceparent" (the request's,
+    #   say) makes the task part of that trace
     # @return [String] the message id (a UUID), the task's idempotency key
     # @raise [InvalidPayload] the payload is invalid; nothing was sent
     # @raise [Leveret::Unroutable] no queue is bound for leveret.demo / export
     # @raise [Leveret::ExchangeMissing] the exchange does not exist (run `leveret topology apply`)
     # @raise [Leveret::NotConfirmed] the broker nacked it or closed the channel
     # @raise [Leveret::BrokerUnavailable] no broker within RECONNECT_TIMEOUT seconds
-    def publish_export_task(user_id, format = "csv", correlation_id: nil)
+    def publish_export_task(user_id, format = "csv", correlation_id: nil, headers: {})
       publisher = instance
       publisher.publish(EXPORT_TYPE, EXPORT_VERSION, { "user_id" => user_id, "format" => format },
-                        exchange: publisher.exchange, routing_key: EXPORT_ROUTING_KEY, correlation_id: correlation_id)
+                        exchange: publisher.exchange, routing_key: EXPORT_ROUTING_KEY, correlation_id: correlation_id,
+                        headers: headers)
     end
 
     # Set the URL, schema directory or app id (in a Rails initializer). Closes
@@ -115,6 +119,9 @@ class TaskPublisher
   # @param payload [Hash] the body (string or symbol keys)
   # @param message_id [String, nil] a UUID; fresh unless given (pass the same
   #   one to publish the same task again)
+  # @param headers [Hash] application headers (leveret- ones are dropped). A
+  #   valid "traceparent" among them is the parent of the message's own;
+  #   without one the message starts a new trace
   # @return [String] the message id
   def publish(type, version, payload, exchange:, routing_key:, message_id: nil, correlation_id: nil, headers: {})
     body = JSON.generate(payload)
@@ -128,6 +135,7 @@ class TaskPublisher
     rescue Leveret::SchemaViolation, Leveret::DecodeError => e
       raise InvalidPayload, "not published: #{e.message}"
     end
+    headers = Leveret::Trace.merge(headers, Leveret::Trace.publish_headers(headers))
     props = Leveret::Wire.publish_properties(type: type, version: version, message_id: message_id,
                                               correlation_id: correlation_id, app_id: @app_id, headers: headers)
     send_confirmed(body, exchange, routing_key, props)

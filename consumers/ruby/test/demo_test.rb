@@ -17,8 +17,11 @@ class DemoTest < Minitest::Test
     end
   end
 
+  TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+  PARENT_ID = "00f067aa0ba902b7"
+
   def context(retry_count: 0, publisher: FakePublisher.new)
-    headers = { "leveret-version" => 1 }
+    headers = { "leveret-version" => 1, "traceparent" => "00-#{TRACE_ID}-#{PARENT_ID}-01" }
     headers["leveret-retry-count"] = retry_count if retry_count.positive?
     Leveret::Context.new(delivery: delivery(headers: headers, message_id: "task-1"), version: 1, queue: "q",
                          publisher: publisher, schemas: schemas, log: Leveret::Log.new(StringIO.new))
@@ -44,8 +47,12 @@ class DemoTest < Minitest::Test
     assert_equal "leveret.conformance.receipt", props[:type]
     assert_equal "application/json", props[:content_type]
     assert_equal 2, props[:delivery_mode]
-    assert_equal({ "leveret-version" => 1 }, props[:headers])
+    assert_equal %w[leveret-version traceparent], props[:headers].keys.sort
     assert_kind_of Integer, props[:headers]["leveret-version"]
+    # The receipt continues the task's trace, with a parent-id of its own.
+    trace = Leveret::Trace.parse(props[:headers]["traceparent"])
+    assert_equal [TRACE_ID, "01"], [trace.trace_id, trace.flags]
+    refute_equal PARENT_ID, trace.parent_id
     assert_equal "task-1", props[:correlation_id]
     refute_equal "task-1", props[:message_id]
   end

@@ -20,6 +20,9 @@ class IntegrationTest < Minitest::Test
   TIERS = [200, 400].freeze
   MAX_ATTEMPTS = 3
   WAIT = 20
+  TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+  PARENT_ID = "00f067aa0ba902b7"
+  TRACEPARENT = "00-#{TRACE_ID}-#{PARENT_ID}-01".freeze
 
   def setup
     @conn = Bunny.new(Leveret::Wire.bunny_url(URL), logger: Logger.new(nil), automatically_recover: false)
@@ -68,12 +71,18 @@ class IntegrationTest < Minitest::Test
     assert_equal 1, receipt[:props].headers["leveret-version"]
     assert_kind_of Integer, receipt[:props].headers["leveret-version"]
     refute_nil receipt[:props].timestamp
+    # It came without a traceparent: the receipt carries the new trace the log line names.
+    trace = Leveret::Trace.parse(receipt[:props].headers["traceparent"])
+    refute_nil trace
+    processed = worker_events.find { |e| e["event"] == "message.processed" && e["message_id"] == once }
+    assert_equal processed["trace_id"], trace.trace_id
 
     # A task failing always is retried through every tier, then dead-lettered.
     started = monotonic
-    always = publish_conformance("fail_times" => 99)
+    always = publish_conformance({ "fail_times" => 99 }, { "leveret-version" => 1, "traceparent" => TRACEPARENT })
     letter = dead_letter(always)
     h = letter[:props].headers
+    assert_equal TRACEPARENT, h["traceparent"], "every copy keeps the traceparent unchanged"
     assert_equal MAX_ATTEMPTS, h["leveret-retry-count"]
     assert_kind_of Integer, h["leveret-retry-count"]
     assert_equal "handler-error", h["leveret-reason"]
@@ -130,6 +139,21 @@ class IntegrationTest < Minitest::Test
     assert(worker_events.any? { |e| e["event"] == "worker.stopped" })
   end
 
+  def test_a_receipt_continues_the_task_trace
+    start_worker
+    headers = { "leveret-version" => 1, "traceparent" => "00-#{TRACE_ID}-#{PARENT_ID}-00", "tracestate" => "congo=t61rcWkgMzE" }
+    task = publish_conformance({ "note" => "traced" }, headers)
+    wait_for("a receipt for #{task}") { receipts[task].any? }
+    props = receipts[task].first[:props]
+    sent = Leveret::Trace.parse(props.headers["traceparent"])
+    assert_equal [TRACE_ID, "00"], [sent.trace_id, sent.flags]
+    refute_equal PARENT_ID, sent.parent_id
+    assert_equal "congo=t61rcWkgMzE", props.headers["tracestate"]
+    wait_for("the log line of #{task}") { worker_events.any? { |e| e["event"] == "message.processed" && e["message_id"] == task } }
+    line = worker_events.find { |e| e["event"] == "message.processed" && e["message_id"] == task }
+    assert_equal TRACE_ID, line["trace_id"]
+  end
+
   def test_sigterm_mid_handler_finishes_acks_and_exits_zero
     start_worker
     task = publish_conformance("sleep_ms" => 1500)
@@ -179,6 +203,16 @@ class IntegrationTest < Minitest::Test
     assert_equal 1, props.headers["leveret-version"]
     assert_equal "demo.export", props.type
     assert_equal 2, props.delivery_mode
+    assert_equal "01", Leveret::Trace.parse(props.headers["traceparent"])&.flags, "a new trace"
+
+    # A caller's traceparent is the parent of the message's own.
+    publisher.publish("demo.export", 1, payload, exchange: @exchange, routing_key: "export",
+                                                 headers: { "traceparent" => TRACEPARENT })
+    wait_for("the traced task in the queue") { depth(@q) == 1 }
+    _info, raw, = @ch.basic_get(@q, manual_ack: false)
+    sent = Leveret::Trace.parse(Bunny::MessageProperties.new(raw).headers["traceparent"])
+    assert_equal TRACE_ID, sent.trace_id
+    refute_equal PARENT_ID, sent.parent_id
   ensure
     publisher&.close
   end
@@ -200,9 +234,13 @@ class IntegrationTest < Minitest::Test
     thread = Thread.new { worker.run(install_signal_handlers: false) }
     wait_for("the worker to consume") { consumers(@q).positive? }
 
-    id, events = tracked_task('{"user_id": 5}', type: "demo.export", count: 4)
+    id, events, traces = tracked_task('{"user_id": 5}', type: "demo.export", count: 4,
+                                                        headers: { "leveret-version" => 1, "traceparent" => TRACEPARENT })
     assert_equal [["started", nil], ["progress", 50], ["progress", 100], ["succeeded", nil]],
                  events.map { |e| [e["state"], e["percent"]] }
+    # Each event continues the task's trace, with a parent-id of its own.
+    assert_equal [[TRACE_ID, "01"]] * 4, traces.map { |t| [t&.trace_id, t&.flags] }
+    assert_equal 5, ([PARENT_ID] + traces.map(&:parent_id)).uniq.size
     assert_equal "wrote part 2 of 2", events[2]["message"]
     assert_equal "exports/#{id}.csv", events[3]["result"]
 
@@ -337,9 +375,9 @@ class IntegrationTest < Minitest::Test
 
   # --- publishing and reading ----------------------------------------------------------
 
-  def publish_conformance(payload)
+  def publish_conformance(payload, headers = { "leveret-version" => 1 })
     body = JSON.generate(payload.merge("receipt_exchange" => @receipts, "receipt_routing_key" => ""))
-    publish_raw(body)
+    publish_raw(body, headers: headers)
   end
 
   def publish_raw(body, type: "leveret.conformance", headers: { "leveret-version" => 1 }, id: SecureRandom.uuid)
@@ -353,8 +391,9 @@ class IntegrationTest < Minitest::Test
     id
   end
 
-  # Publish a task and return its id and its first `count` status events,
-  # checked against the schema and in the order of their `at`.
+  # Publish a task and return its id, its first `count` status events,
+  # checked against the schema and in the order of their `at`, and the trace
+  # context each carried.
   def tracked_task(body, count:, **options)
     id = SecureRandom.uuid
     @status_queue.bind(Leveret::Status::EXCHANGE, routing_key: id)
@@ -372,7 +411,7 @@ class IntegrationTest < Minitest::Test
     end
     events = got.map(&:last)
     assert_equal events.sort_by { |e| e["at"] }, events
-    [id, events]
+    [id, events, got.map { |props, _| Leveret::Trace.parse(props.headers["traceparent"]) }]
   end
 
   def receipts

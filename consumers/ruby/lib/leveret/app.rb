@@ -92,10 +92,11 @@ module Leveret
   # What a handler knows about the delivery besides its payload, and a way to
   # publish follow-up messages on the worker's confirm channel.
   class Context
-    attr_reader :message_id, :type, :version, :queue, :attempt, :redelivered, :correlation_id, :headers
+    attr_reader :message_id, :type, :version, :queue, :attempt, :redelivered, :correlation_id, :headers, :trace
 
     # @param status [#call, nil] reports a state of this job (set when it is tracked)
-    def initialize(delivery:, version:, queue:, publisher: nil, schemas: nil, log: nil, status: nil)
+    # @param trace [Trace::Context, nil] the trace the delivery belongs to (read from its headers if not given)
+    def initialize(delivery:, version:, queue:, publisher: nil, schemas: nil, log: nil, status: nil, trace: nil)
       @message_id = delivery.message_id.to_s
       @type = delivery.type
       @version = version
@@ -108,9 +109,13 @@ module Leveret
       @schemas = schemas
       @log = log
       @status = status
+      @trace = trace || Trace.of(delivery.headers)
     end
 
     def redelivered? = @redelivered
+
+    # The trace this delivery belongs to (a new one when it came without a valid traceparent).
+    def trace_id = @trace.trace_id
 
     # Whether this job reports its status (a tracked handler, or a batch member).
     def tracked? = !@status.nil?
@@ -129,7 +134,8 @@ module Leveret
     #
     # The payload is validated against its schema first. The correlation id
     # defaults to this delivery's (or its message id), tying the new message to
-    # the same job.
+    # the same job. The message continues this delivery's trace (a traceparent
+    # in `headers` is replaced).
     #
     # @raise [SchemaViolation, Unroutable, NotConfirmed]
     def publish(type, version, payload, exchange:, routing_key: "", correlation_id: nil, headers: {})
@@ -139,7 +145,7 @@ module Leveret
       # Validate what is sent, as the receiver will read it (string keys).
       @schemas&.validate!(type, version, JSON.parse(body))
       props = Wire.publish_properties(
-        type: type, version: version, headers: headers,
+        type: type, version: version, headers: Trace.merge(headers, Trace.follow_up_headers(@trace)),
         correlation_id: correlation_id || @correlation_id || @message_id
       )
       @publisher.publish(body, exchange: exchange, routing_key: routing_key.to_s, properties: props)

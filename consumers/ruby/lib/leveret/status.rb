@@ -31,7 +31,8 @@ module Leveret
     end
 
     # Publishes status events on the worker's confirm channels (validated,
-    # persistent, mandatory, confirmed). #report never raises: an event the
+    # persistent, mandatory, confirmed), continuing the delivery's trace
+    # (`trace`, a Trace::Context). #report never raises: an event the
     # schema refuses (a result reference too long, say) is sent with the state
     # alone; a return (nothing bound to the job id) is logged at debug level,
     # any other failure as a warning.
@@ -42,14 +43,14 @@ module Leveret
         @log = log
       end
 
-      def report(delivery, state, **fields)
+      def report(delivery, state, trace:, **fields)
         event = Status.event(delivery, state, **fields)
         unless @schemas.valid?(TYPE, 1, event)
           @log.warning("status.invalid", job_id: event["job_id"], state: state)
           event = Status.event(delivery, state, at: event["at"])
           @schemas.validate!(TYPE, 1, event)
         end
-        props = Wire.publish_properties(type: TYPE, version: 1,
+        props = Wire.publish_properties(type: TYPE, version: 1, headers: Trace.follow_up_headers(trace),
                                         correlation_id: delivery.correlation_id || event["job_id"])
         @publisher.publish(JSON.generate(event), exchange: EXCHANGE, routing_key: event["job_id"], properties: props)
       rescue Unroutable

@@ -205,15 +205,17 @@ module Leveret
         end
         started = monotonic
         delivery = to_delivery(info, props, body)
+        # Read once: every message sent for this delivery continues one trace.
+        trace = Trace.of(delivery.headers)
         copy = nil
         version = nil
         tracked = batch_member?(delivery)
-        status = ->(state, **fields) { @status.report(delivery, state, **fields) }
+        status = ->(state, **fields) { @status.report(delivery, state, trace: trace, **fields) }
         begin
           handler, version, payload = @app.resolve(delivery)
           tracked ||= handler.track && @can_report
           ctx = Context.new(delivery: delivery, version: version, queue: @app.queue, publisher: @publisher,
-                            schemas: @app.schemas, log: @log, status: tracked ? status : nil)
+                            schemas: @app.schemas, log: @log, status: tracked ? status : nil, trace: trace)
           status.call("started") if tracked
           result = Timeout.timeout(handler.timeout, HandlerTimeout,
                                    "handler #{handler.name} exceeded its timeout of #{handler.timeout}s") do
@@ -243,7 +245,7 @@ module Leveret
           when "dead_lettered" then status.call("failed", reason: copy.reason, error: copy.error)
           end
         end
-        report(delivery, version || delivery.version, copy, outcome, monotonic - started)
+        report(delivery, trace, version || delivery.version, copy, outcome, monotonic - started)
       ensure
         track(-1)
       end
@@ -307,9 +309,9 @@ module Leveret
     end
 
     # The one log line of a settled delivery.
-    def report(delivery, version, copy, outcome, duration)
+    def report(delivery, trace, version, copy, outcome, duration)
       fields = {
-        message_id: delivery.message_id, queue: @app.queue, type: delivery.type, version: version,
+        message_id: delivery.message_id, trace_id: trace.trace_id, queue: @app.queue, type: delivery.type, version: version,
         attempt: delivery.attempt, outcome: outcome, duration_ms: (duration * 1000).round(2)
       }
       fields.merge!(reason: copy.reason, error: copy.error) if copy
