@@ -31,6 +31,12 @@ const (
 	wait       = 20 * time.Second
 )
 
+const (
+	traceID     = "4bf92f3577b34da6a3ce929d0e0e4736"
+	parentID    = "00f067aa0ba902b7"
+	traceparent = "00-" + traceID + "-" + parentID + "-01"
+)
+
 var (
 	schemaDir = filepath.Join("..", "..", "..", "schemas")
 	isoUTC    = regexp.MustCompile(`^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00$`)
@@ -367,6 +373,17 @@ func (b *broker) eventually(ok func() bool, what string) {
 	}
 }
 
+// logLine finds the worker's JSON line of event for a message id.
+func logLine(logs *syncBuffer, event, id string) map[string]interface{} {
+	for _, line := range strings.Split(logs.String(), "\n") {
+		var rec map[string]interface{}
+		if json.Unmarshal([]byte(line), &rec) == nil && rec["event"] == event && rec["message_id"] == id {
+			return rec
+		}
+	}
+	return nil
+}
+
 func integer(t *testing.T, headers amqp.Table, key string) int64 {
 	t.Helper()
 	n, ok := leveret.Integer(headers[key])
@@ -397,6 +414,34 @@ func TestIntegrationConformance(t *testing.T) {
 		if integer(t, d.Headers, leveret.HeaderVersion) != 1 {
 			t.Errorf("receipt version %#v", d.Headers[leveret.HeaderVersion])
 		}
+		// It came without a traceparent: the receipt starts the trace the log line names.
+		sent, ok := leveret.ParseTraceparent(d.Headers[leveret.HeaderTraceparent])
+		var line map[string]interface{}
+		b.eventually(func() bool { line = logLine(w.logs, "message.processed", id); return line != nil }, "the log line")
+		if !ok || sent.Flags != "01" || line["trace_id"] != sent.TraceID {
+			t.Errorf("receipt traceparent %#v, log line %v", d.Headers[leveret.HeaderTraceparent], line)
+		}
+	})
+
+	t.Run("a receipt continues the task's trace", func(t *testing.T) {
+		body := []byte(fmt.Sprintf(`{"note": "traced", "receipt_exchange": %q, "receipt_routing_key": ""}`, q+".receipts"))
+		id := b.publish(q, body, func(p *amqp.Publishing) {
+			p.Headers[leveret.HeaderTraceparent] = "00-" + traceID + "-" + parentID + "-00"
+			p.Headers[leveret.HeaderTracestate] = "congo=t61rcWkgMzE"
+		})
+		_, d := b.receipt(q, id)
+		sent, ok := leveret.ParseTraceparent(d.Headers[leveret.HeaderTraceparent])
+		if !ok || sent.TraceID != traceID || sent.Flags != "00" || sent.ParentID == parentID {
+			t.Errorf("receipt traceparent %#v", d.Headers[leveret.HeaderTraceparent])
+		}
+		if d.Headers[leveret.HeaderTracestate] != "congo=t61rcWkgMzE" {
+			t.Errorf("receipt tracestate %#v", d.Headers[leveret.HeaderTracestate])
+		}
+		var line map[string]interface{}
+		b.eventually(func() bool { line = logLine(w.logs, "message.processed", id); return line != nil }, "the log line")
+		if line["trace_id"] != traceID {
+			t.Errorf("log line %v", line)
+		}
 	})
 
 	t.Run("failing once: processed on attempt 2", func(t *testing.T) {
@@ -420,6 +465,7 @@ func TestIntegrationConformance(t *testing.T) {
 			p.CorrelationId = "job-7"
 			p.Headers["app-header"] = "kept"
 			p.Headers["x-app"] = "dropped"
+			p.Headers[leveret.HeaderTraceparent] = traceparent
 		})
 		d := b.deadLetter(dlq, id)
 		if took := time.Since(start); took < 540*time.Millisecond {
@@ -437,6 +483,7 @@ func TestIntegrationConformance(t *testing.T) {
 			leveret.HeaderOriginalExchange:   q + ".ex",
 			leveret.HeaderOriginalRoutingKey: routingKey,
 			"app-header":                     "kept",
+			leveret.HeaderTraceparent:        traceparent, // every copy keeps it unchanged
 		}
 		for k, v := range want {
 			if h[k] != v {
@@ -658,11 +705,23 @@ func TestIntegrationJobStatus(t *testing.T) {
 	events := func(t *testing.T, n int, body string, props func(*amqp.Publishing)) (string, string) {
 		id := leveret.NewMessageID()
 		b.must(ch.QueueBind(statusQueue.Name, id, leveret.StatusExchange, false, nil))
-		b.publish(q, []byte(body), func(p *amqp.Publishing) { p.MessageId = id; props(p) })
+		b.publish(q, []byte(body), func(p *amqp.Publishing) {
+			p.MessageId = id
+			p.Headers[leveret.HeaderTraceparent] = traceparent
+			props(p)
+		})
 		var got []string
 		last := ""
+		parents := map[string]bool{parentID: true}
 		for len(got) < n {
 			d := b.get(statusQueue.Name, func(amqp.Delivery) bool { return true }, "a status event of "+id)
+			// Each event continues the task's trace, with a parent-id of its own.
+			if sent, ok := leveret.ParseTraceparent(d.Headers[leveret.HeaderTraceparent]); !ok ||
+				sent.TraceID != traceID || sent.Flags != "01" || parents[sent.ParentID] {
+				t.Errorf("status event traceparent %#v", d.Headers[leveret.HeaderTraceparent])
+			} else {
+				parents[sent.ParentID] = true
+			}
 			var ev leveret.JobStatus
 			b.must(json.Unmarshal(d.Body, &ev))
 			if err := schemas.Validate(leveret.StatusType, 1, d.Body); err != nil || d.Type != leveret.StatusType ||

@@ -48,10 +48,10 @@ func BatchID(headers amqp.Table) (string, bool) {
 // statusOf returns what reports the status of d's job on pub: the event gets
 // the job's id, type, attempt and batch and the time, is validated (an event
 // the schema refuses, say a result reference too long, is sent with the state
-// alone), then published persistent and mandatory and confirmed. It never
-// fails the task: a return (nothing bound to the job id) is logged at debug
-// level, any other failure as a warning.
-func (w *Worker) statusOf(pub *confirmer, d *amqp.Delivery) func(context.Context, JobStatus) {
+// alone), then published persistent and mandatory and confirmed, continuing
+// the delivery's trace. It never fails the task: a return (nothing bound to
+// the job id) is logged at debug level, any other failure as a warning.
+func (w *Worker) statusOf(pub *confirmer, d *amqp.Delivery, trace Trace) func(context.Context, JobStatus) {
 	return func(ctx context.Context, ev JobStatus) {
 		ev.JobID, ev.At, ev.Type, ev.Attempt = d.MessageId, StatusTimestamp(time.Now()), d.Type, RetryCount(d.Headers)+1
 		ev.BatchID, _ = BatchID(d.Headers)
@@ -67,6 +67,8 @@ func (w *Worker) statusOf(pub *confirmer, d *amqp.Delivery) func(context.Context
 		if correlation == "" {
 			correlation = d.MessageId
 		}
+		headers := amqp.Table{HeaderVersion: amqpInt(1)}
+		trace.Child().SetHeaders(headers)
 		err := pub.Publish(ctx, StatusExchange, ev.JobID, amqp.Publishing{
 			ContentType:   ContentType,
 			DeliveryMode:  amqp.Persistent,
@@ -74,7 +76,7 @@ func (w *Worker) statusOf(pub *confirmer, d *amqp.Delivery) func(context.Context
 			Type:          StatusType,
 			Timestamp:     time.Now(),
 			CorrelationId: correlation,
-			Headers:       amqp.Table{HeaderVersion: amqpInt(1)},
+			Headers:       headers,
 			Body:          body,
 		})
 		switch {

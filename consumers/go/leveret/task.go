@@ -30,12 +30,16 @@ type Task struct {
 	Redelivered   bool
 	Headers       amqp.Table
 	Body          []byte // UTF-8 JSON, valid against schemas/<type>.v<version>.json
+	// TraceID names the trace the delivery belongs to: its traceparent's, or
+	// a new one when it came without a valid traceparent.
+	TraceID string
 
 	// Result may be set by a tracked handler: a reference to its result (a
 	// URL, a path), reported with the succeeded status.
 	Result string
 
 	schemas *Schemas
+	trace   Trace // the delivery's trace, which every message sent for it continues
 	publish func(ctx context.Context, exchange, key string, msg amqp.Publishing) error
 	status  func(ctx context.Context, ev JobStatus) // set when the task is tracked
 }
@@ -67,9 +71,10 @@ func (t *Task) Decode(v interface{}) error {
 // Publish sends a message the way the contract's publishers do (§3): the
 // payload validated against schemas/<msgType>.v<version>.json, serialised as
 // JSON, with content_type, delivery_mode 2, a fresh message_id, type,
-// timestamp, the task's correlation id (or its message id) and an integer
-// leveret-version header; mandatory, on the worker's confirm channel. It
-// returns the new message id once the broker confirmed the message.
+// timestamp, the task's correlation id (or its message id), an integer
+// leveret-version header and a traceparent that continues the task's trace;
+// mandatory, on the worker's confirm channel. It returns the new message id
+// once the broker confirmed the message.
 func (t *Task) Publish(ctx context.Context, exchange, routingKey, msgType string, version int64, payload interface{}) (string, error) {
 	if t.publish == nil {
 		return "", fmt.Errorf("this task has no publisher (it is not in a worker)")
@@ -85,6 +90,12 @@ func (t *Task) Publish(ctx context.Context, exchange, routingKey, msgType string
 	if correlation == "" {
 		correlation = t.MessageID
 	}
+	trace := t.trace
+	if trace.TraceID == "" { // a Task made outside a worker
+		trace = TraceOf(t.Headers)
+	}
+	headers := amqp.Table{HeaderVersion: amqpInt(version)}
+	trace.Child().SetHeaders(headers)
 	id := NewMessageID()
 	msg := amqp.Publishing{
 		ContentType:   ContentType,
@@ -93,7 +104,7 @@ func (t *Task) Publish(ctx context.Context, exchange, routingKey, msgType string
 		Type:          msgType,
 		Timestamp:     time.Now(),
 		CorrelationId: correlation,
-		Headers:       amqp.Table{HeaderVersion: amqpInt(version)},
+		Headers:       headers,
 		Body:          body,
 	}
 	if err := t.publish(ctx, exchange, routingKey, msg); err != nil {

@@ -345,10 +345,13 @@ func (w *Worker) process(pub *confirmer, d amqp.Delivery, canReport bool) {
 			"hint", "no "+StatusExchange+" exchange: apply a tracked app's topology")
 	}
 	tracked := member && canReport
-	status := w.statusOf(pub, &d)
+	// Read once: every message sent for this delivery continues one trace.
+	trace := TraceOf(d.Headers)
+	status := w.statusOf(pub, &d, trace)
 	bg := context.Background()
 	task, fn, err := w.router.resolve(&d)
 	if err == nil {
+		task.trace, task.TraceID = trace, trace.TraceID
 		task.publish = pub.Publish
 		if tracked = tracked || (w.router.handlers[d.Type].tracked && canReport); tracked {
 			task.status = status
@@ -384,7 +387,7 @@ func (w *Worker) process(pub *confirmer, d amqp.Delivery, canReport bool) {
 			status(bg, JobStatus{State: "failed", Reason: failure.Reason, Error: message})
 		}
 	}
-	w.report(&d, outcome, failure, time.Since(start))
+	w.report(&d, trace, outcome, failure, time.Since(start))
 }
 
 // call runs a handler with the timeout; a panic is a transient failure.
@@ -446,9 +449,10 @@ func (w *Worker) settle(pub *confirmer, d *amqp.Delivery, f *Failure) string {
 }
 
 // report logs the one line of a settled delivery.
-func (w *Worker) report(d *amqp.Delivery, outcome string, f *Failure, took time.Duration) {
+func (w *Worker) report(d *amqp.Delivery, trace Trace, outcome string, f *Failure, took time.Duration) {
 	kv := []interface{}{
 		"message_id", d.MessageId,
+		"trace_id", trace.TraceID,
 		"type", d.Type,
 		"version", nil,
 		"queue", w.cfg.Queue,
@@ -457,7 +461,7 @@ func (w *Worker) report(d *amqp.Delivery, outcome string, f *Failure, took time.
 		"duration_ms", float64(took.Microseconds()) / 1000,
 	}
 	if v, ok := Version(d.Headers); ok {
-		kv[5] = v
+		kv[7] = v
 	}
 	if f != nil {
 		kv = append(kv, "reason", f.Reason, "error", Truncate(f.Message, MaxErrorMessage, false))
