@@ -1,7 +1,8 @@
 """The Node, Ruby and Go workers and publishers against the Python side, both ways.
 
-Each worker in ``consumers/`` is held to the conformance battery, and processes
-``demo.export`` tasks that the Python publisher sends; tasks published by the
+Each worker in ``consumers/`` is held to the conformance battery, processes
+``demo.export`` tasks that the Python publisher sends, and continues the W3C
+trace of a task in the message its handler publishes; tasks published by the
 Ruby ``TaskPublisher`` and the Node ``Publisher`` are processed by the Python
 worker. A language whose toolchain is missing here is skipped with the reason,
 unless ``LEVERET_POLYGLOT=required`` (as in CI), where that is a failure.
@@ -12,14 +13,17 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import pika
 import pytest
 
 from leveret import (
@@ -34,9 +38,11 @@ from leveret import (
     Topology,
     Worker,
     admin,
+    conformance,
     dlq,
+    wire,
 )
-from leveret.conformance import battery
+from leveret.conformance import Conformance, Receipt, battery
 from leveret.demo import ExportRequested, ExportRequestedV2
 from tests.conftest import rabbitmqctl
 
@@ -269,6 +275,126 @@ def test_the_worker_consumes_again_after_the_broker_drops_it(
             f"{sent} to be processed after the reconnect",
         )
         assert process.poll() is None, log.read_text()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(40)
+    assert code == 0, log.read_text()
+
+
+# --- one trace across languages -------------------------------------------------
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_ID = "00f067aa0ba902b7"
+TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+
+
+def trace_context(headers: dict[str, Any]) -> tuple[str, str, str]:
+    """The trace-id, parent-id and flags of a message's traceparent, which must be valid."""
+    value = headers.get("traceparent")
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    match = TRACEPARENT.fullmatch(value) if isinstance(value, str) else None
+    assert match, f"no valid traceparent: {value!r}"
+    trace_id, parent_id, flags = match.groups()
+    assert trace_id.strip("0") and parent_id.strip("0"), f"an all-zero id in {value}"
+    return trace_id, parent_id, flags
+
+
+@dataclass
+class Receipts:
+    """The conformance topology around a queue, and the receipts its handler publishes."""
+
+    url: str
+    queue: str
+    got: dict[str, dict[str, Any]] = field(default_factory=dict)  # task id: receipt headers
+
+    @property
+    def exchange(self) -> str:
+        return f"{self.queue}.receipts"
+
+    def publish(self, headers: dict[str, Any]) -> str:
+        """Send a task asking for a receipt, with these headers besides its version."""
+        task = Conformance(note="traced", receipt_exchange=self.exchange, receipt_routing_key="")
+        message_id = wire.new_message_id()
+        properties = pika.BasicProperties(
+            content_type=wire.CONTENT_TYPE,
+            delivery_mode=2,
+            message_id=message_id,
+            type=Conformance.message_type,
+            headers={wire.VERSION: 1, **headers},
+        )
+        with admin.channel(self.url) as ch:
+            ch.confirm_delivery()
+            ch.basic_publish(
+                f"{self.queue}.ex", conformance.ROUTING_KEY, task.to_json(), properties, True
+            )
+        return message_id
+
+    def take(self) -> dict[str, dict[str, Any]]:
+        """Every receipt so far: the headers of each, by the id of its task."""
+        with admin.channel(self.url) as ch:
+            while True:
+                method, props, body = ch.basic_get(self.exchange, auto_ack=True)
+                if method is None:
+                    return self.got
+                receipt = Receipt.from_json(body)
+                assert isinstance(receipt, Receipt)
+                self.got[receipt.message_id] = dict(props.headers or {})
+
+
+@pytest.fixture
+def receipts(broker_url: str, names: Callable[[str], str]) -> Iterator[Receipts]:
+    queue = names("trace")
+    topology = conformance.topology(queue)
+    admin.apply(broker_url, topology)
+    found = Receipts(broker_url, queue)
+    with admin.channel(broker_url) as ch:
+        ch.exchange_declare(found.exchange, "fanout", durable=True)
+        ch.queue_declare(found.exchange, durable=True)
+        ch.queue_bind(found.exchange, found.exchange)
+    yield found
+    admin.delete(broker_url, topology)
+    with admin.channel(broker_url) as ch:
+        ch.queue_delete(found.exchange)
+        ch.exchange_delete(found.exchange)
+
+
+@pytest.mark.timeout(90)
+def test_a_follow_up_continues_the_trace_of_its_task(
+    receipts: Receipts, worker_command: list[str], tmp_path: Path
+) -> None:
+    log = tmp_path / "worker.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            worker_command,
+            env=dict(os.environ, LEVERET_URL=receipts.url, LEVERET_QUEUE=receipts.queue),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(lambda: consumers(receipts.url, receipts.queue) > 0, "the worker to consume")
+        # Flags 00, not the 01 of a new trace: the follow-up must carry them over.
+        given = f"00-{TRACE_ID}-{PARENT_ID}-00"
+        traced = receipts.publish({"traceparent": given, "tracestate": "congo=t61rcWkgMzE"})
+        untraced = receipts.publish({})
+        wait_for(lambda: {traced, untraced} <= receipts.take().keys(), "both receipts")
+
+        def trace_of_line(task: str) -> object:
+            lines = [e for e in log_lines(log) if e.get("event") == "message.processed"]
+            return next((e.get("trace_id") for e in lines if e.get("message_id") == task), None)
+
+        wait_for(lambda: None not in (trace_of_line(traced), trace_of_line(untraced)), "logs")
+        headers = receipts.got[traced]
+        trace_id, parent_id, flags = trace_context(headers)
+        assert (trace_id, flags) == (TRACE_ID, "00")
+        assert parent_id != PARENT_ID
+        assert headers.get("tracestate") in ("congo=t61rcWkgMzE", b"congo=t61rcWkgMzE")
+        assert trace_of_line(traced) == TRACE_ID
+        # Without a traceparent the task started a new trace; its receipt continues it.
+        new_trace, _, new_flags = trace_context(receipts.got[untraced])
+        assert (new_flags, "tracestate" in receipts.got[untraced]) == ("01", False)
+        assert new_trace != TRACE_ID
+        assert trace_of_line(untraced) == new_trace
     finally:
         process.send_signal(signal.SIGTERM)
         code = process.wait(40)
