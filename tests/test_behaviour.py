@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol
 
 import pika
 import pika.exceptions
 import pytest
+from structlog.contextvars import merge_contextvars
+from structlog.testing import capture_logs
 
 from leveret import (
     App,
@@ -38,6 +41,7 @@ from leveret import (
     connection,
     delay,
     dlq,
+    tracing,
     wire,
 )
 from leveret.testing import Broker, Properties
@@ -53,12 +57,22 @@ class Job(Message, type="behaviour.job", version=1, routing_key="job"):
 
 class Forwarded(Message, type="behaviour.forwarded", version=1, routing_key="forwarded"):
     n: int = 0
+    back: bool = False
 
 
 def build_app(
-    queue: str, other: str, exchange: str, seen: list[tuple[str, Any]], broken: set[int]
+    queue: str,
+    other: str,
+    exchange: str,
+    seen: list[tuple[str, Any]],
+    broken: set[int],
+    traces: list[Trace],
 ) -> App:
-    """Two queues on one exchange: an async handler on ``queue``, a sync one on ``other``."""
+    """Two queues on one exchange: an async handler on ``queue``, a sync one on ``other``.
+
+    Both record the trace of each delivery (``traces``); ``Job.forward`` and
+    ``Forwarded.back`` make each publish to the other.
+    """
     app = App(
         Topology(
             exchanges=(Exchange(exchange),),
@@ -72,6 +86,7 @@ def build_app(
 
     @app.handler(Job, queue=queue)
     async def job(message: Job, ctx: Context) -> None:
+        traces.append(Trace.of(ctx, message.n))
         if message.give_up or message.n in broken:
             raise DeadLetter(f"job {message.n} cannot be done")
         if ctx.attempt <= message.fail_times:
@@ -81,9 +96,42 @@ def build_app(
 
     @app.handler(Forwarded, queue=other)
     def forwarded(message: Forwarded, ctx: Context) -> None:
+        traces.append(Trace.of(ctx, message.n))
         seen.append((ctx.queue, ctx.correlation_id))
+        if message.back:
+            ctx.publish(Job(n=message.n + 1, forward=True), exchange=exchange)
 
     return app
+
+
+@dataclass(frozen=True)
+class Trace:
+    """What a handler saw of its delivery's trace."""
+
+    queue: str
+    n: int
+    attempt: int
+    traceparent: Any
+    tracestate: Any
+    current: tracing.TraceContext | None
+    """The trace the handler runs in: what its publishes continue."""
+
+    @classmethod
+    def of(cls, ctx: Context, n: int) -> Trace:
+        return cls(
+            ctx.queue,
+            n,
+            ctx.attempt,
+            ctx.headers.get(tracing.TRACEPARENT),
+            ctx.headers.get(tracing.TRACESTATE),
+            tracing.current(),
+        )
+
+    @property
+    def context(self) -> tracing.TraceContext:
+        found = tracing.parse(self.traceparent, self.tracestate)
+        assert found is not None, f"no valid traceparent: {self.traceparent!r}"
+        return found
 
 
 class Side(Protocol):
@@ -93,6 +141,7 @@ class Side(Protocol):
     outcomes: list[Outcome]
     seen: list[tuple[str, Any]]
     broken: set[int]
+    traces: list[Trace]
     app: App
 
     async def publish(self, message: Message, **options: Any) -> str: ...
@@ -108,7 +157,8 @@ class MemorySide:
         self.queue, self.other, self.exchange = queue, other, exchange
         self.seen: list[tuple[str, Any]] = []
         self.broken: set[int] = set()  # jobs whose handler gives up, until "fixed"
-        self.app = build_app(queue, other, exchange, self.seen, self.broken)
+        self.traces: list[Trace] = []
+        self.app = build_app(queue, other, exchange, self.seen, self.broken, self.traces)
         self.broker = Broker(self.app)
         self.outcomes = self.broker.processed
 
@@ -140,7 +190,8 @@ class RabbitSide:
         self.url, self.queue, self.other, self.exchange = url, queue, other, exchange
         self.seen: list[tuple[str, Any]] = []
         self.broken: set[int] = set()  # jobs whose handler gives up, until "fixed"
-        self.app = build_app(queue, other, exchange, self.seen, self.broken)
+        self.traces: list[Trace] = []
+        self.app = build_app(queue, other, exchange, self.seen, self.broken, self.traces)
         self.outcomes: list[Outcome] = []
         self.worker = Worker(self.app, url, on_outcome=self.outcomes.append)
 
@@ -345,3 +396,85 @@ async def test_a_replayed_dead_letter_goes_through_again(side: Side) -> None:
     assert side.outcomes[1].message_id == message_id
     assert await side.dead_letters() == []
     assert await side.depth(dead_letter_queue(side.queue)) == 0
+
+
+# Trace context: every message carries a traceparent (docs/contract.md, "Trace context").
+
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+PARENT = f"00-{TRACE_ID}-b7ad6b7169203331-01"
+
+
+async def test_follow_ups_of_sync_and_async_handlers_continue_the_callers_trace(
+    side: Side,
+) -> None:
+    # The caller's traceparent (a web request's) is the parent. The sync handler
+    # on `other` publishes a job; the async handler on `queue` forwards it back.
+    await side.publish(
+        Forwarded(n=10, back=True), headers={"traceparent": PARENT, "tracestate": "rojo=1"}
+    )
+    await side.settle(lambda: len(side.outcomes) == 3)
+    assert [(o.queue, o.outcome) for o in side.outcomes] == [
+        (side.other, "processed"),
+        (side.queue, "processed"),
+        (side.other, "processed"),
+    ]
+    assert [(t.queue, t.n) for t in side.traces] == [
+        (side.other, 10),
+        (side.queue, 11),
+        (side.other, 11),
+    ]
+    sent = [t.context for t in side.traces]
+    assert [(c.trace_id, c.flags, c.state) for c in sent] == [(TRACE_ID, "01", "rojo=1")] * 3
+    # Each message is a child of its own: a parent-id of its own.
+    assert len({c.parent_id for c in sent} | {"b7ad6b7169203331"}) == 4
+    for t in side.traces:
+        assert t.current is not None and t.current.trace_id == TRACE_ID
+
+
+async def test_a_message_published_outside_any_trace_starts_a_new_one(side: Side) -> None:
+    await side.publish(Job(n=12))
+    await side.publish(Job(n=12))
+    await side.settle(lambda: len(side.outcomes) == 2)
+    first, second = (t.context for t in side.traces)
+    assert first.trace_id != second.trace_id
+    assert (first.flags, first.state) == (second.flags, second.state) == ("01", None)
+
+
+async def test_retry_and_dead_letter_copies_keep_the_traceparent(side: Side) -> None:
+    await side.publish(Job(n=13, fail_times=99))
+    await side.settle(lambda: any(o.outcome == "dead_lettered" for o in side.outcomes))
+    assert [t.attempt for t in side.traces] == [1, 2, 3]
+    (traceparent,) = {t.traceparent for t in side.traces}  # the same message each time
+    assert tracing.parse(traceparent) is not None
+    (letter,) = await side.dead_letters()
+    assert letter.headers[tracing.TRACEPARENT] == traceparent
+
+
+async def test_a_malformed_traceparent_starts_a_new_trace(side: Side) -> None:
+    malformed = PARENT.upper()
+    await side.publish_raw(
+        Job(n=14, forward=True).to_json(),
+        Properties(
+            type="behaviour.job",
+            message_id="bad-trace",
+            headers={wire.VERSION: 1, "traceparent": malformed, "tracestate": "rojo=1"},
+        ),
+    )
+    await side.settle(lambda: len(side.outcomes) == 2)
+    assert [o.outcome for o in side.outcomes] == ["processed", "processed"]
+    job, forwarded = side.traces
+    assert job.traceparent == malformed  # the handler sees the header as it came
+    assert job.current is not None and job.current.trace_id != TRACE_ID
+    # The follow-up continues the new trace, without the malformed one's tracestate.
+    assert forwarded.context.trace_id == job.current.trace_id
+    assert forwarded.context.state is None
+
+
+async def test_the_log_lines_of_a_delivery_carry_its_trace_id(side: Side) -> None:
+    with capture_logs(processors=[merge_contextvars]) as logs:
+        await side.publish(Job(n=15), headers={"traceparent": PARENT})
+        await side.settle(lambda: len(side.outcomes) == 1)
+    (line,) = [
+        e for e in logs if e["event"] == "message.processed" and e.get("queue") == side.queue
+    ]
+    assert line["trace_id"] == TRACE_ID

@@ -8,7 +8,8 @@ import re
 
 import pytest
 
-from leveret import tracing
+from leveret import App, Binding, Context, Exchange, Message, Queue, RetryPolicy, Topology, tracing
+from leveret.testing import Broker
 from leveret.tracing import TraceContext
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -160,3 +161,37 @@ async def test_handle_sets_the_current_trace_for_the_rest_of_its_task() -> None:
     assert inside is not None and inside.trace_id == TRACE_ID
     # The task's context ended with it.
     assert tracing.current() is None
+
+
+class Job(Message, type="tracing.job", version=1, routing_key="job"):
+    n: int = 0
+
+
+def test_job_status_events_carry_the_deliverys_trace() -> None:
+    app = App(
+        Topology(
+            exchanges=(Exchange("ex"),),
+            queues=(Queue("q", (Binding("ex", "job"),), RetryPolicy((1,), 2)),),
+        )
+    )
+
+    @app.handler(Job, queue="q", track=True)
+    def handle(message: Job, ctx: Context) -> None:
+        if ctx.attempt == 1:
+            raise RuntimeError("once")
+        ctx.progress(50)
+
+    broker = Broker(app)
+    broker.publish(Job(), exchange="ex", headers={"traceparent": VALID})
+    broker.run_until_idle(advance=True)
+    events = broker.published(type="leveret.job.status")
+    assert [e.json()["state"] for e in events] == [
+        "started",
+        "retrying",
+        "started",
+        "progress",
+        "succeeded",
+    ]
+    contexts = [tracing.of(e.headers) for e in events]
+    assert all(c is not None and c.trace_id == TRACE_ID for c in contexts)
+    assert len({c.parent_id for c in contexts if c is not None} | {PARENT_ID}) == 6
