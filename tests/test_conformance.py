@@ -29,7 +29,7 @@ def test_the_python_worker_passes(
     checks = battery.run(broker_url, names("conformance"), PYTHON_WORKER, timeout=30)
     failed = [(c.name, c.detail) for c in checks if not c.passed]
     assert not failed
-    assert len(checks) == 11
+    assert len(checks) == 12
 
 
 def test_the_cli_prints_a_table_and_exits_1_on_failure(

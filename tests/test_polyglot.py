@@ -110,7 +110,7 @@ def test_the_worker_passes_the_conformance_battery(
     checks = battery.run(broker_url, names("conformance"), worker_command, timeout=30)
     failed = [(c.name, c.detail) for c in checks if not c.passed]
     assert not failed
-    assert len(checks) == 11
+    assert len(checks) == 12
 
 
 # --- Python publishes, another language processes --------------------------------

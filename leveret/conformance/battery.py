@@ -16,13 +16,13 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pika
 import structlog
 
-from leveret import admin, connection, dlq, wire
+from leveret import admin, connection, dlq, tracing, wire
 from leveret.conformance import ROUTING_KEY, Conformance, Receipt, topology
 from leveret.publisher import Publisher
 from leveret.status import events as status
@@ -68,6 +68,7 @@ class Battery:
     timeout: float = 30.0
     checks: list[Check] = field(default_factory=list)
     _receipts: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    _receipt_headers: dict[str, dict[str, Any]] = field(default_factory=dict)
     _published: set[str] = field(default_factory=set)
     _process: subprocess.Popen[bytes] | None = None
 
@@ -85,6 +86,7 @@ class Battery:
         with self._declared(top), self._consumer():
             for check in (
                 self._valid,
+                self._trace,
                 self._fails_once,
                 self._fails_always,
                 self._bad_input,
@@ -108,6 +110,38 @@ class Battery:
         self._poll()
         ok = self._receipts[task] == [1] and self._depth(self.queue) == 0
         self._record("valid task processed and acked once", ok, f"receipts {self._receipts[task]}")
+
+    def _trace(self) -> None:
+        """The receipt, published while its task is handled, continues the task's trace.
+
+        The given trace is not sampled (flags 00), so a consumer that writes the
+        flags of a new trace instead of the task's fails. A task without a
+        traceparent starts a trace of its own, which its receipt carries.
+        """
+        given = replace(tracing.root(), flags="00")
+        headers = {wire.VERSION: 1, **given.headers(), tracing.TRACESTATE: "leveret=battery"}
+        body = self._receipted(Conformance(note="traced")).to_json()
+        traced = self._publish_raw(body, headers=headers)
+        untraced = self._publish_raw(body)
+        self._wait(
+            lambda: {traced, untraced} <= self._receipt_headers.keys(),
+            "the receipts of a traced and an untraced task",
+        )
+        traced_headers, untraced_headers = (self._receipt_headers[t] for t in (traced, untraced))
+        sent, started = tracing.of(traced_headers), tracing.of(untraced_headers)
+        ok = (
+            sent is not None
+            and (sent.trace_id, sent.flags, sent.state)
+            == (given.trace_id, given.flags, "leveret=battery")
+            and sent.parent_id != given.parent_id
+            and started is not None
+            and started.trace_id != given.trace_id
+        )
+        detail = (
+            f"sent {given.traceparent}, receipt {traced_headers.get(tracing.TRACEPARENT)!r}; "
+            f"without one, receipt {untraced_headers.get(tracing.TRACEPARENT)!r}"
+        )
+        self._record("a receipt continues the task's trace, or starts one", ok, detail)
 
     def _fails_once(self) -> None:
         task = self._publish(Conformance(fail_times=1, note="fails once"))
@@ -297,12 +331,13 @@ class Battery:
         """Take every receipt waiting in the receipts queue."""
         with admin.channel(self.url) as ch:
             while True:
-                method, _props, body = ch.basic_get(self.receipts_exchange, auto_ack=True)
+                method, props, body = ch.basic_get(self.receipts_exchange, auto_ack=True)
                 if method is None:
                     return
                 receipt = Receipt.from_json(body)
                 assert isinstance(receipt, Receipt)
                 self._receipts[receipt.message_id].append(receipt.attempt)
+                self._receipt_headers[receipt.message_id] = dict(props.headers or {})
 
     def _status_events(self) -> list[JobStatus]:
         """Take every status event waiting in the battery's status queue."""
