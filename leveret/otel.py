@@ -7,7 +7,7 @@ pure rules when the import fails. A publish makes a PRODUCER span,
 those spans are the ones the messages carry, so a trace viewer shows a
 pipeline across languages as one tree, even where a worker (Node, Ruby, Go)
 sends no spans of its own. Attributes follow the messaging semantic
-conventions. Without an SDK configured the API's spans do nothing, and the
+conventions. Until an application configures an SDK, no span is made and the
 pure rules decide the headers.
 """
 
@@ -56,15 +56,18 @@ def producer(
     routing_key: str,
     message_id: str,
     type: str,
-) -> tuple[Span, TraceContext | None]:
+) -> tuple[Span | None, TraceContext | None]:
     """Start the PRODUCER span of a publish.
 
     Returns:
-        The span, and the context its message carries: the span's own, or None
-        when the span has no id of its own (no SDK), for the pure rules to decide.
+        The span, and the context its message carries: the span's own; or no
+        span and None without an SDK, for the pure rules to decide.
     """
+    tracer = _tracer()
+    if tracer is None:
+        return None, None
     destination = exchange or DEFAULT_EXCHANGE
-    span = _tracer().start_span(
+    span = tracer.start_span(
         f"{destination} publish",
         context=_parent(parent),
         kind=SpanKind.PRODUCER,
@@ -97,7 +100,7 @@ def consumer(
     message_id: str | None = None,
     type: str | None = None,
     attempt: int = 1,
-) -> tuple[Span, TraceContext | None]:
+) -> tuple[Span | None, TraceContext | None]:
     """Start the CONSUMER span of a delivery and make it the active span.
 
     It stays active for the rest of the current context (the delivery's task),
@@ -106,6 +109,9 @@ def consumer(
     Returns:
         The span, and the context the handler runs in (as :func:`producer`).
     """
+    tracer = _tracer()
+    if tracer is None:
+        return None, None
     attributes: dict[str, Any] = {
         "messaging.system": SYSTEM,
         "messaging.operation": "process",
@@ -118,7 +124,7 @@ def consumer(
         attributes["messaging.message.id"] = message_id
     if type is not None:
         attributes["leveret.message.type"] = type
-    span = _tracer().start_span(
+    span = tracer.start_span(
         f"{queue} process", context=_parent(parent), kind=SpanKind.CONSUMER, attributes=attributes
     )
     # Never detached: the delivery's task, and its context, end with the delivery.
@@ -145,10 +151,16 @@ def end_consumer(span: Span, outcome: str, reason: str | None) -> None:
 _tracers: tuple[trace.TracerProvider, trace.Tracer] | None = None
 
 
-def _tracer() -> trace.Tracer:
-    """leveret's tracer, from the provider in force at each call, not the first one."""
+def _tracer() -> trace.Tracer | None:
+    """leveret's tracer from the provider in force at each call; None while there is no SDK.
+
+    The API alone makes spans that record nothing and have no ids of their
+    own: making them would cost every message time for nothing.
+    """
     global _tracers
     provider = trace.get_tracer_provider()
+    if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
+        return None
     if _tracers is None or _tracers[0] is not provider:
         _tracers = (provider, provider.get_tracer("leveret", __version__))
     return _tracers[1]
