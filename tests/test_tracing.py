@@ -5,10 +5,26 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import re
+from collections.abc import Callable
 
 import pytest
 
-from leveret import App, Binding, Context, Exchange, Message, Queue, RetryPolicy, Topology, tracing
+from leveret import (
+    App,
+    AsyncPublisher,
+    Binding,
+    Context,
+    Exchange,
+    Message,
+    Outcome,
+    Publisher,
+    Queue,
+    RetryPolicy,
+    Topology,
+    Worker,
+    admin,
+    tracing,
+)
 from leveret.testing import Broker
 from leveret.tracing import TraceContext
 
@@ -195,3 +211,94 @@ def test_job_status_events_carry_the_deliverys_trace() -> None:
     contexts = [tracing.of(e.headers) for e in events]
     assert all(c is not None and c.trace_id == TRACE_ID for c in contexts)
     assert len({c.parent_id for c in contexts if c is not None} | {PARENT_ID}) == 6
+
+
+def test_batch_members_carry_the_deliverys_trace() -> None:
+    app = App(
+        Topology(
+            exchanges=(Exchange("ex"),),
+            queues=(
+                Queue("q", (Binding("ex", "job"),), RetryPolicy((1,), 2)),
+                Queue("members", (Binding("ex", "member"),), RetryPolicy((1,), 2)),
+            ),
+        )
+    )
+
+    @app.handler(Job, queue="q", track=True)  # tracked: the topology has leveret.status
+    def fan_out(message: Job, ctx: Context) -> None:
+        ctx.batch([Member(n=i) for i in range(3)], exchange="ex")
+
+    @app.handler(Member, queue="members")
+    def member(message: Member, ctx: Context) -> None:
+        pass
+
+    broker = Broker(app)
+    broker.bind("jobs", "leveret.status", "#")
+    broker.publish(Job(), exchange="ex", headers={"traceparent": VALID})
+    broker.run_until_idle()
+    members = broker.published(type="tracing.member")
+    assert len(members) == 3
+    assert {c.trace_id for c in map(tracing.of, (m.headers for m in members)) if c} == {TRACE_ID}
+
+
+class Member(Message, type="tracing.member", version=1, routing_key="member"):
+    n: int = 0
+
+
+class Start(Message, type="tracing.start", version=1, routing_key="start"):
+    n: int = 0
+
+
+async def test_a_plain_publisher_inside_a_handler_continues_the_trace(
+    broker_url: str, names: Callable[[str], str]
+) -> None:
+    # Not ctx.publish: a Publisher (sync handler) and an AsyncPublisher (async
+    # handler) the application made itself, as a handler calling a library may.
+    sync_q, async_q, done_q, exchange = names("sync"), names("async"), names("done"), names("ex")
+    app = App(
+        Topology(
+            exchanges=(Exchange(exchange),),
+            queues=(
+                Queue(sync_q, (Binding(exchange, "start"),), RetryPolicy((0.2,), 2)),
+                Queue(async_q, (Binding(exchange, "start"),), RetryPolicy((0.2,), 2)),
+                Queue(done_q, (Binding(exchange, "job"),), RetryPolicy((0.2,), 2)),
+            ),
+        )
+    )
+    seen: dict[int, tracing.TraceContext | None] = {}
+
+    @app.handler(Start, queue=sync_q)
+    def with_publisher(message: Start, ctx: Context) -> None:
+        with Publisher(broker_url) as publisher:
+            publisher.publish(Job(n=1), exchange=exchange)
+
+    @app.handler(Start, queue=async_q)
+    async def with_async_publisher(message: Start, ctx: Context) -> None:
+        async with AsyncPublisher(broker_url) as publisher:
+            await publisher.publish(Job(n=2), exchange=exchange)
+
+    @app.handler(Job, queue=done_q)
+    def done(message: Job, ctx: Context) -> None:
+        seen[message.n] = tracing.of(ctx.headers)
+
+    admin.apply(broker_url, app.topology)
+    outcomes: list[Outcome] = []
+    worker = Worker(app, broker_url, on_outcome=outcomes.append)
+    task = asyncio.create_task(worker.run())
+    try:
+        async with AsyncPublisher(broker_url) as publisher:
+            await publisher.publish(Start(), exchange=exchange, headers={"traceparent": VALID})
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15
+        while len(outcomes) < 4:
+            assert loop.time() < deadline, f"timed out; outcomes: {outcomes}"
+            await asyncio.sleep(0.02)
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 30)
+        admin.delete(broker_url, app.topology)
+    assert {o.outcome for o in outcomes} == {"processed"}
+    assert sorted(seen) == [1, 2]
+    for context in seen.values():
+        assert context is not None
+        assert (context.trace_id, context.flags) == (TRACE_ID, "01")
