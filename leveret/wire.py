@@ -32,9 +32,9 @@ ORIGINAL_EXCHANGE = "leveret-original-exchange"
 ORIGINAL_ROUTING_KEY = "leveret-original-routing-key"
 
 DROPPED_HEADERS = "leveret-dropped-headers"
+"""Names of application headers left out of a retry copy to keep it within a frame."""
 BATCH = "leveret-batch-id"
 """Set on each member of a batch: the batch's job id (see leveret.status)."""
-"""Names of application headers left out of a retry copy to keep it within a frame."""
 
 DEFAULT_MAX_SIZE = 1024 * 1024
 """Largest body published or accepted by default (1 MiB): queues are for tasks, not files."""
