@@ -385,6 +385,13 @@ def test_prometheus_scrapes_what_the_services_serve() -> None:
     dashboard = run(host).params
     assert int(port) == dashboard["port"] and dashboard["host"] == "0.0.0.0"
     assert SERVICES[host]["ports"] == [f"127.0.0.1:{port}:{port}"]
+    # The scrape sends the token the dashboard was given, as a compose secret.
+    token_file = Path(jobs["leveret-queues"]["authorization"]["credentials_file"])
+    assert token_file.parent == Path("/run/secrets")
+    assert token_file.name in prometheus["secrets"]
+    secret = COMPOSE["secrets"][token_file.name]
+    assert secret == {"environment": "LEVERET_DASHBOARD_TOKEN"}
+    assert "LEVERET_DASHBOARD_TOKEN" in SERVICES[host]["environment"]
 
 
 def test_dockerfile_copies_existing_paths() -> None:

@@ -21,6 +21,7 @@ import pika
 import pytest
 import uvicorn
 from click.testing import CliRunner
+from prometheus_client.parser import text_string_to_metric_families
 
 from leveret import admin, connection, wire
 from leveret.cli import main
@@ -373,6 +374,33 @@ def test_reading_beyond_loopback_needs_the_token(
     assert ok.status_code == 200
     served.login()
     assert served.get("/").status_code == 200
+
+
+def test_metrics_expose_every_queue_to_prometheus(
+    pipeline: Pipeline, serve: Callable[..., Served]
+) -> None:
+    for n in range(3):
+        pipeline.publish(apps.Task(n=n))
+    dead_letters(pipeline, 2)
+    served = serve(loopback=False)
+    assert served.get("/metrics").status_code == 401
+    assert served.get("/healthz").text == "ok\n"  # no token: a container's health check
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    response = served.get("/metrics", headers=bearer)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=")
+    got = {
+        (s.name, s.labels["queue"], s.labels["role"]): s.value
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
+    }
+    q = pipeline.queue
+    assert got[("leveret_queue_messages", q, "work")] == 3
+    assert got[("leveret_queue_consumers", q, "work")] == 0
+    assert got[("leveret_queue_messages", f"{q}.dlq", "dead-letter")] == 2
+    tiers = {name for (metric, name, role) in got if role == "retry"}
+    assert tiers == {name for name, _ in pipeline.topology.queue(q).tier_queues()}
+    assert all(got[("leveret_queue_exists", name, role)] == 1 for (_, name, role) in got)
 
 
 def test_job_lookup_shows_the_status_store(

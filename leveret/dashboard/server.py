@@ -35,6 +35,8 @@ from leveret.errors import (
     NotConfirmed,
     TopologyMissing,
 )
+from leveret.metrics import CONTENT_TYPE as METRICS_TYPE
+from leveret.metrics import render_queues
 from leveret.topology import Topology, dead_letter_queue
 
 MAX_FORM = 64 * 1024
@@ -165,6 +167,8 @@ class Dashboard:
             Route("/queues/{queue}/dlq/{action:str}", self.act, methods=["POST"]),
             Route("/jobs", r(self.job)),
             Route("/api/jobs/{job_id}", r(self.job)),
+            Route("/metrics", self.metrics),
+            Route("/healthz", self.healthz),
             Route("/login", self.login, methods=["GET", "POST"]),
             Route("/logout", self.logout, methods=["POST"]),
             Mount("/static", StaticFiles(packages=[("leveret.dashboard", "static")])),
@@ -253,6 +257,23 @@ class Dashboard:
                 )
             )
         return self._page(request, who, "queues.html", view=view)
+
+    async def metrics(self, request: Request) -> HTTPResponse:
+        """Every queue's figures in Prometheus text (a scraper sends the token as a bearer)."""
+        if not self.guard.may_read(self._who(request)):
+            return PlainTextResponse("authentication required\n", 401)
+        try:
+            view = await run_in_threadpool(
+                queues.overview, self.settings.url, self.settings.topology, self.management
+            )
+        except LeveretError as exc:
+            return PlainTextResponse(connection.redact(str(exc)) + "\n", 502)
+        rows = [row for g in view.groups for row in (g.work, *g.tiers, g.dead)] + view.others
+        return HTTPResponse(render_queues(rows), media_type=METRICS_TYPE)
+
+    async def healthz(self, request: Request) -> HTTPResponse:
+        """The process answers (for a container's health check; no broker call)."""
+        return PlainTextResponse("ok\n")
 
     async def dead_letters(self, request: Request, who: Identity) -> HTTPResponse:
         queue = self._queue(request)
