@@ -244,6 +244,76 @@ def test_management_api_that_does_not_answer_falls_back_to_amqp(
     assert data["groups"][0]["work"]["in_flight"] is None
 
 
+MANAGEMENT = "http://127.0.0.1:15672"
+
+
+@pytest.fixture
+def management() -> str:
+    """The management API on loopback; skipped without it, unless LEVERET_MANAGEMENT=required."""
+    try:
+        httpx.get(
+            f"{MANAGEMENT}/api/overview", auth=("guest", "guest"), timeout=5
+        ).raise_for_status()
+    except httpx.HTTPError as exc:
+        if os.environ.get("LEVERET_MANAGEMENT") == "required":
+            pytest.fail(
+                f"LEVERET_MANAGEMENT=required, but {MANAGEMENT} fails: {exc}", pytrace=False
+            )
+        pytest.skip(
+            f"no management API at {MANAGEMENT} (rabbitmq-plugins enable rabbitmq_management)"
+        )
+    return MANAGEMENT
+
+
+def test_management_api_adds_in_flight_and_rates(
+    pipeline: Pipeline, serve: Callable[..., Served], management: str
+) -> None:
+    for n in range(5):
+        pipeline.publish(apps.Task(n=n))
+    # Three deliveries held unacked by a consumer that stays connected.
+    conn = connection.connect(pipeline.url)
+    try:
+        ch = conn.channel()
+        for _ in range(3):
+            method, _props, _body = ch.basic_get(pipeline.queue, auto_ack=False)
+            assert method is not None
+        served = serve(management_url=management)  # the broker URL's credentials
+        # The management API publishes its figures every few seconds.
+        deadline = time.monotonic() + 30
+        while True:
+            data = served.get("/api/queues").json()
+            work = data["groups"][0]["work"]
+            if work["in_flight"] == 3:
+                break
+            assert time.monotonic() < deadline, f"in flight never reached 3: {data}"
+            time.sleep(0.5)
+        assert (data["source"], data["note"]) == ("management", "")
+        assert work["messages"] == 2
+        assert isinstance(work["publish_rate"], float) and isinstance(work["deliver_rate"], float)
+        dead = data["groups"][0]["dead"]
+        assert dead["in_flight"] == 0
+        page = served.get("/")
+        assert "in flight and rates need the management API" not in page.text
+        metrics = served.get("/metrics").text
+        unacked = (
+            f'leveret_queue_messages_unacknowledged{{queue="{pipeline.queue}",role="work"}} 3.0'
+        )
+        assert unacked in metrics
+    finally:
+        conn.close()
+
+
+def test_management_api_with_wrong_credentials_falls_back(
+    pipeline: Pipeline, serve: Callable[..., Served], management: str
+) -> None:
+    served = serve(management_url=management.replace("http://", "http://nobody:wrong@"))
+    data = served.get("/api/queues").json()
+    assert data["source"] == "amqp"
+    assert "not available (Unauthorized)" in data["note"]
+    assert "wrong" not in str(data)
+    assert data["groups"][0]["work"]["messages"] == 0
+
+
 def test_dlq_list_detail_and_replay_one(pipeline: Pipeline, serve: Callable[..., Served]) -> None:
     ids = dead_letters(pipeline, 3, headers={"leveret-note": SECRET_IN_ERROR})
     served = serve()
