@@ -6,6 +6,7 @@ request (:meth:`~.security.Guard.may_act`); see ``docs/dashboard.md``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from urllib.parse import urlencode
 
 from starlette.concurrency import run_in_threadpool
@@ -22,6 +23,17 @@ from leveret.errors import LeveretError
 
 class Actions(Base):
     """The handlers that change something: on the broker, or the session."""
+
+    def _refusal(self, request: Request, who: Identity, form: Mapping[str, str]) -> str:
+        """Why this POST may not act (no identity, CSRF, origin), or "" when it may."""
+        return self.guard.may_act(
+            who,
+            csrf=form.get("csrf", ""),
+            origin=request.headers.get("origin", ""),
+            referer=request.headers.get("referer", ""),
+            scheme=request.url.scheme,
+            host_header=request.headers.get("host", ""),
+        )
 
     async def confirm(self, request: Request, who: Identity) -> HTTPResponse:
         queue = self._queue(request)
@@ -49,14 +61,7 @@ class Actions(Base):
     async def act(self, request: Request) -> HTTPResponse:
         who = self._who(request)
         form = await read_form(request)
-        refusal = self.guard.may_act(
-            who,
-            csrf=form.get("csrf", ""),
-            origin=request.headers.get("origin", ""),
-            referer=request.headers.get("referer", ""),
-            scheme=request.url.scheme,
-            host_header=request.headers.get("host", ""),
-        )
+        refusal = self._refusal(request, who, form)
         if refusal:
             if wants_json(request):
                 return JSONResponse({"error": refusal}, 403)
@@ -122,14 +127,7 @@ class Actions(Base):
     async def logout(self, request: Request) -> HTTPResponse:
         who = self._who(request)
         form = await read_form(request)
-        refusal = self.guard.may_act(
-            who,
-            csrf=form.get("csrf", ""),
-            origin=request.headers.get("origin", ""),
-            referer=request.headers.get("referer", ""),
-            scheme=request.url.scheme,
-            host_header=request.headers.get("host", ""),
-        )
+        refusal = self._refusal(request, who, form)
         if refusal:
             return self._page(request, who, "error.html", status=403, message=refusal)
         self.guard.close_session(who.session)
