@@ -1,6 +1,7 @@
 // Configuration from the environment, and keeping the password out of logs.
 
 import { fileURLToPath } from "node:url";
+import { STALL_AFTER } from "./health.js";
 
 export const DEFAULTS = Object.freeze({
   url: "amqp://guest:guest@localhost:5672/",
@@ -30,12 +31,23 @@ function positiveNumber(name, raw, fallback) {
   return n;
 }
 
+function port(name, raw) {
+  if (raw === undefined || raw === "") return null;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < 0 || n > 65535) throw new ConfigError(`${name} must be a port number (0-65535), got ${JSON.stringify(raw)}`);
+  return n;
+}
+
 /**
  * Read the worker's settings:
  *   LEVERET_URL, LEVERET_QUEUE, LEVERET_SCHEMAS, LEVERET_PREFETCH, and
  *   LEVERET_GRACE (seconds in-flight handlers get on shutdown, default 30),
  *   LEVERET_MAX_ATTEMPTS (the queue's max_attempts, optional: with it, a
- *   transient failure on the last attempt reports "failed", not "retrying").
+ *   transient failure on the last attempt reports "failed", not "retrying"),
+ *   LEVERET_HTTP_PORT and LEVERET_HTTP_HOST (serve /livez, /readyz and
+ *   /metrics; no port, no server; host 127.0.0.1 by default),
+ *   LEVERET_STALL_AFTER (seconds, default 300), LEVERET_CHECK_INTERVAL
+ *   (seconds between checks of the queue, default 5), LEVERET_HEALTH_FILE.
  */
 export function loadConfig(env = process.env) {
   const url = env.LEVERET_URL || DEFAULTS.url;
@@ -47,6 +59,11 @@ export function loadConfig(env = process.env) {
     prefetch: positiveInt("LEVERET_PREFETCH", env.LEVERET_PREFETCH, DEFAULTS.prefetch),
     graceMs: positiveNumber("LEVERET_GRACE", env.LEVERET_GRACE, DEFAULTS.graceSeconds) * 1000,
     maxAttempts: positiveInt("LEVERET_MAX_ATTEMPTS", env.LEVERET_MAX_ATTEMPTS, null),
+    httpHost: env.LEVERET_HTTP_HOST || "127.0.0.1",
+    httpPort: port("LEVERET_HTTP_PORT", env.LEVERET_HTTP_PORT),
+    stallAfter: positiveNumber("LEVERET_STALL_AFTER", env.LEVERET_STALL_AFTER, STALL_AFTER),
+    checkIntervalMs: positiveNumber("LEVERET_CHECK_INTERVAL", env.LEVERET_CHECK_INTERVAL, 5) * 1000,
+    healthFile: env.LEVERET_HEALTH_FILE || null,
   };
 }
 

@@ -3,12 +3,16 @@
 // or reject without requeue), reconnecting, and a graceful shutdown.
 // The decisions themselves are pure and live in wire.js.
 
+import { writeFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { setTimeout as sleep } from "node:timers/promises";
 import amqp from "amqplib";
 import { redact, scrub } from "./config.js";
 import { ConfirmPublisher } from "./confirm.js";
+import { Health, STALL_AFTER } from "./health.js";
 import { logger } from "./log.js";
+import { Metrics } from "./metrics.js";
+import { monotonic } from "./probes.js";
 import { STATUS_EXCHANGE, batchOf, report } from "./status.js";
 import { followUpHeaders } from "./trace.js";
 import {
@@ -25,7 +29,8 @@ import {
 
 /** Handlers default to 25 minutes: below RabbitMQ's consumer_timeout (30). */
 export const DEFAULT_TIMEOUT_MS = 25 * 60 * 1000;
-const CHECK_INTERVAL_MS = 5000;
+/** How often the worker asks the broker about its queue (a passive declare). */
+export const CHECK_INTERVAL_MS = 5000;
 const START_PATIENCE_MS = 30_000;
 
 /** The worker cannot start, and retrying will not help: exit 1 with this one line. */
@@ -49,14 +54,31 @@ class ConnectionLost extends Error {
  * @param options.maxAttempts the queue's max_attempts, or null: with it, a transient failure on the last attempt reports "failed"
  * @param options.maxSize    the largest body accepted
  * @param options.log        {info, warn, error}(event, fields)
+ * @param options.stallAfter  seconds with messages waiting and none settled before the worker is unready
+ * @param options.checkIntervalMs how often the queue is checked (consumers, messages waiting)
+ * @param options.healthFile  a file touched at each check while the worker is live, or null
  */
 export class Worker {
   #stopRequested = false;
   #onStop = [];
   #inflight = new Set();
+  #reported = ""; // the readiness reason last logged: log changes, not every tick
   #canReport = false; // the leveret.status exchange exists (checked at each connect)
 
-  constructor({ url, queue, schemas, handlers, prefetch = 8, graceMs = 30_000, maxAttempts = null, maxSize = DEFAULT_MAX_SIZE, log = logger }) {
+  constructor({
+    url,
+    queue,
+    schemas,
+    handlers,
+    prefetch = 8,
+    graceMs = 30_000,
+    maxAttempts = null,
+    maxSize = DEFAULT_MAX_SIZE,
+    log = logger,
+    stallAfter = STALL_AFTER,
+    checkIntervalMs = CHECK_INTERVAL_MS,
+    healthFile = null,
+  }) {
     this.url = url;
     this.queue = queue;
     this.schemas = schemas;
@@ -65,6 +87,11 @@ export class Worker {
     this.maxAttempts = maxAttempts; // the queue's max_attempts, when known (LEVERET_MAX_ATTEMPTS)
     this.maxSize = maxSize;
     this.log = log;
+    this.checkIntervalMs = checkIntervalMs;
+    this.healthFile = healthFile;
+    /** What the probes ask (src/health.js), and the figures /metrics shows. */
+    this.health = new Health({ queues: [queue], stallAfter, now: monotonic() });
+    this.metrics = new Metrics();
     this.identity = `${hostname()}:${process.pid}`;
     this.handlers = new Map();
     for (const h of handlers) this.#register(h);
@@ -97,6 +124,17 @@ export class Worker {
    * access is refused, or the broker stays unreachable for 30 s at start.
    */
   async run() {
+    // Readiness is logged and the health file touched while live, connected
+    // or not: a reconnect within the grace keeps the container.
+    const tick = setInterval(() => this.#healthTick(), this.checkIntervalMs);
+    try {
+      await this.#loop();
+    } finally {
+      clearInterval(tick);
+    }
+  }
+
+  async #loop() {
     let started = false;
     let delay = 500;
     const giveUpAt = Date.now() + START_PATIENCE_MS;
@@ -131,6 +169,23 @@ export class Worker {
       delay = Math.min(delay * 2, 10_000);
     }
     if (started) this.log.info("worker.stopped", { queue: this.queue });
+  }
+
+  #healthTick() {
+    const now = monotonic();
+    const ready = this.health.readiness(now);
+    this.metrics.ready = ready.ok ? 1 : 0;
+    if (ready.reason !== this.#reported && !this.health.stopping) {
+      if (ready.ok) this.log.info("worker.ready", {});
+      else this.log.warn("worker.unready", { reason: ready.reason, live: this.health.liveness(now).ok });
+      this.#reported = ready.reason;
+    }
+    if (this.healthFile === null || !this.health.liveness(now).ok) return;
+    try {
+      writeFileSync(this.healthFile, `${Date.now() / 1000}`);
+    } catch (err) {
+      this.log.warn("worker.health_file_failed", { path: this.healthFile, error: String(err?.message ?? err) });
+    }
   }
 
   #text(err) {
@@ -190,6 +245,9 @@ export class Worker {
         },
         { noAck: false },
       );
+      this.health.connectionUp(monotonic());
+      this.metrics.connected = 1;
+      if (started) this.metrics.reconnects += 1;
       await this.#checkConsumer(check);
       this.log.info(started ? "worker.resumed" : "worker.consuming", {
         queue: this.queue,
@@ -202,14 +260,17 @@ export class Worker {
           this.log.error("worker.consumer_lost", { error: this.#text(err) });
           markLost(this.#text(err));
         });
-      }, CHECK_INTERVAL_MS);
+      }, this.checkIntervalMs);
       await Promise.race([this.#stopped(), lost]);
       if (lostReason !== null) throw new ConnectionLost(lostReason);
       clearInterval(monitor); // the cancel below leaves zero consumers on purpose
       draining = true;
+      this.health.draining(monotonic());
       await this.#drain(consume, consumerTag);
     } finally {
       clearInterval(monitor);
+      this.health.connectionDown(monotonic());
+      this.metrics.connected = 0;
       closing = true;
       // amqplib may put connection.close on the wire ahead of frames still
       // queued on a channel, such as the last acks: close each channel first
@@ -261,7 +322,9 @@ export class Worker {
 
   /** A reconnect that leaves zero consumers is a silent failure: ask the broker. */
   async #checkConsumer(check) {
-    const { consumerCount } = await check.checkQueue(this.queue);
+    const { consumerCount, messageCount } = await check.checkQueue(this.queue);
+    this.health.checked([[this.queue, consumerCount]], [[this.queue, messageCount]], monotonic());
+    this.metrics.checked(this.queue, consumerCount, messageCount);
     if (consumerCount === 0) throw new Error(`no consumer registered on '${this.queue}'`);
   }
 
@@ -285,6 +348,7 @@ export class Worker {
   /** Check, run and settle one delivery; log its outcome. Never throws. */
   async #process(msg, consume, publisher) {
     const started = performance.now();
+    this.metrics.received(this.queue);
     const delivery = toDelivery(msg);
     let decision = null; // null: ack
     // A batch member reports its end, tracked or not (even when it is invalid).
@@ -315,6 +379,8 @@ export class Worker {
       decision = failure(delivery, this.queue, err, { consumer: `${this.queue}@${this.identity}` });
     }
     const outcome = await this.#settle(msg, decision, consume, publisher);
+    this.health.settled(monotonic());
+    this.metrics.settled(this.queue, delivery.type, outcome, (performance.now() - started) / 1000);
     // After the copy was confirmed and the delivery settled. The worker does
     // not know the retry delays: no next_attempt_at. A transient failure on
     // the last attempt (which the broker sends on to Q.dlq) reads "failed" when

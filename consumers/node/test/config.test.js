@@ -26,6 +26,11 @@ describe("loadConfig", () => {
       LEVERET_PREFETCH: "32",
       LEVERET_GRACE: "2.5",
       LEVERET_MAX_ATTEMPTS: "3",
+      LEVERET_HTTP_HOST: "0.0.0.0",
+      LEVERET_HTTP_PORT: "9100",
+      LEVERET_STALL_AFTER: "60",
+      LEVERET_CHECK_INTERVAL: "0.5",
+      LEVERET_HEALTH_FILE: "/tmp/live",
     });
     assert.deepEqual(config, {
       url: "amqp://u:p@rabbit:5672/vh",
@@ -34,8 +39,23 @@ describe("loadConfig", () => {
       prefetch: 32,
       graceMs: 2500,
       maxAttempts: 3,
+      httpHost: "0.0.0.0",
+      httpPort: 9100,
+      stallAfter: 60,
+      checkIntervalMs: 500,
+      healthFile: "/tmp/live",
     });
     assert.equal(loadConfig({}).maxAttempts, null);
+  });
+
+  it("serves no probes without a port, and listens on loopback by default", () => {
+    const config = loadConfig({ LEVERET_HTTP_PORT: "9100" });
+    assert.equal(loadConfig({}).httpPort, null);
+    assert.equal(config.httpHost, "127.0.0.1");
+    assert.equal(config.stallAfter, 300);
+    assert.equal(config.checkIntervalMs, 5000);
+    assert.throws(() => loadConfig({ LEVERET_HTTP_PORT: "http" }), /LEVERET_HTTP_PORT must be a port number/);
+    assert.throws(() => loadConfig({ LEVERET_STALL_AFTER: "0" }), /LEVERET_STALL_AFTER must be a positive number/);
   });
 
   it("refuses a bad prefetch or URL, without showing the password", () => {
