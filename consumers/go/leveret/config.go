@@ -31,11 +31,19 @@ type Config struct {
 	// tracked job's transient failure on the last attempt reports "failed"
 	// rather than "retrying" (its copy still goes to Q.retry).
 	MaxAttempts int
+	// HTTPPort serves /livez, /readyz and /metrics when set (-1: no server;
+	// 0: any free port) on HTTPHost (127.0.0.1 unless set).
+	HTTPHost   string
+	HTTPPort   int
+	StallAfter time.Duration // messages waiting this long with none settled: unready
+	HealthFile string        // touched at each check while the worker is live ("" for none)
 }
 
 // ConfigFromEnv reads LEVERET_URL (comma-separated for several nodes),
-// LEVERET_QUEUE, LEVERET_SCHEMAS, LEVERET_PREFETCH and LEVERET_MAX_ATTEMPTS
-// (optional) through getenv (os.Getenv), with the defaults for anything unset.
+// LEVERET_QUEUE, LEVERET_SCHEMAS, LEVERET_PREFETCH, LEVERET_MAX_ATTEMPTS
+// (optional), LEVERET_HTTP_PORT and LEVERET_HTTP_HOST, LEVERET_STALL_AFTER and
+// LEVERET_CHECK_INTERVAL (seconds), and LEVERET_HEALTH_FILE through getenv
+// (os.Getenv), with the defaults for anything unset.
 func ConfigFromEnv(getenv func(string) string) (Config, error) {
 	cfg := Config{
 		Queue:          DefaultQueue,
@@ -46,6 +54,10 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		Grace:          30 * time.Second,
 		StartTimeout:   30 * time.Second,
 		CheckInterval:  5 * time.Second,
+		HTTPHost:       "127.0.0.1",
+		HTTPPort:       -1,
+		StallAfter:     DefaultStallAfter,
+		HealthFile:     getenv("LEVERET_HEALTH_FILE"),
 	}
 	raw := getenv("LEVERET_URL")
 	if strings.TrimSpace(raw) == "" {
@@ -81,7 +93,37 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		}
 		cfg.MaxAttempts = n
 	}
+	if h := strings.TrimSpace(getenv("LEVERET_HTTP_HOST")); h != "" {
+		cfg.HTTPHost = h
+	}
+	if p := strings.TrimSpace(getenv("LEVERET_HTTP_PORT")); p != "" {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 0 || n > 65535 {
+			return cfg, fmt.Errorf("LEVERET_HTTP_PORT: want a port number from 0 to 65535, got %q", p)
+		}
+		cfg.HTTPPort = n
+	}
+	var err error
+	if cfg.StallAfter, err = seconds(getenv, "LEVERET_STALL_AFTER", cfg.StallAfter); err != nil {
+		return cfg, err
+	}
+	if cfg.CheckInterval, err = seconds(getenv, "LEVERET_CHECK_INTERVAL", cfg.CheckInterval); err != nil {
+		return cfg, err
+	}
 	return cfg, nil
+}
+
+// seconds reads a positive number of seconds (1.5 is allowed).
+func seconds(getenv func(string) string, name string, fallback time.Duration) (time.Duration, error) {
+	raw := strings.TrimSpace(getenv(name))
+	if raw == "" {
+		return fallback, nil
+	}
+	f, err := strconv.ParseFloat(raw, 64)
+	if err != nil || !(f > 0) || f > 1e9 {
+		return fallback, fmt.Errorf("%s: want a positive number of seconds, got %q", name, raw)
+	}
+	return time.Duration(f * float64(time.Second)), nil
 }
 
 // Broker describes the broker URLs for logs, passwords replaced by ***.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 )
 
 func env(vars map[string]string) func(string) string {
@@ -97,3 +98,37 @@ func TestLoggerWritesOneJSONObjectPerLine(t *testing.T) {
 type errTest string
 
 func (e errTest) Error() string { return string(e) }
+
+func TestConfigProbeSettings(t *testing.T) {
+	cfg, err := ConfigFromEnv(env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.HTTPPort != -1 || cfg.HTTPHost != "127.0.0.1" || cfg.StallAfter != 300*time.Second ||
+		cfg.CheckInterval != 5*time.Second || cfg.HealthFile != "" {
+		t.Errorf("defaults %+v", cfg)
+	}
+	cfg, err = ConfigFromEnv(env(map[string]string{
+		"LEVERET_HTTP_PORT":      "9100",
+		"LEVERET_HTTP_HOST":      "0.0.0.0",
+		"LEVERET_STALL_AFTER":    "2.5",
+		"LEVERET_CHECK_INTERVAL": "0.2",
+		"LEVERET_HEALTH_FILE":    "/tmp/live",
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.HTTPPort != 9100 || cfg.HTTPHost != "0.0.0.0" || cfg.StallAfter != 2500*time.Millisecond ||
+		cfg.CheckInterval != 200*time.Millisecond || cfg.HealthFile != "/tmp/live" {
+		t.Errorf("from the environment %+v", cfg)
+	}
+	for name, value := range map[string]string{
+		"LEVERET_HTTP_PORT":      "http",
+		"LEVERET_STALL_AFTER":    "0",
+		"LEVERET_CHECK_INTERVAL": "soon",
+	} {
+		if _, err := ConfigFromEnv(env(map[string]string{name: value})); err == nil || !strings.Contains(err.Error(), name) {
+			t.Errorf("%s=%s: %v", name, value, err)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -34,6 +35,11 @@ type Worker struct {
 	router   router
 	identity string // <host>:<pid>
 	inflight sync.WaitGroup
+	// Health is what the probes ask; Metrics what /metrics shows.
+	Health  *Health
+	Metrics *Metrics
+	// reported is the readiness reason last logged: log changes, not every check.
+	reported string
 }
 
 // New returns a worker for cfg that logs to log.
@@ -49,6 +55,8 @@ func New(cfg Config, log *Logger) *Worker {
 			handlers: map[string]*handler{},
 		},
 		identity: fmt.Sprintf("%s:%d", host, os.Getpid()),
+		Health:   NewHealth([]string{cfg.Queue}, cfg.StallAfter, DefaultLiveGrace, time.Now()),
+		Metrics:  NewMetrics(),
 	}
 }
 
@@ -83,6 +91,20 @@ func (w *Worker) Run(ctx context.Context) error {
 	if err := w.router.check(); err != nil {
 		return err
 	}
+	// Readiness is logged and the health file touched while live, connected
+	// or not: a reconnect within the grace keeps the container.
+	tick := time.NewTicker(w.cfg.CheckInterval)
+	defer tick.Stop()
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				w.healthTick()
+			}
+		}
+	}()
 	deadline := time.Now().Add(w.cfg.StartTimeout)
 	started := false
 	delay := 500 * time.Millisecond
@@ -172,6 +194,12 @@ func (w *Worker) session(ctx context.Context, resumed bool) (consumed bool, err 
 	if err != nil {
 		return false, classify(err)
 	}
+	w.Health.ConnectionUp(time.Now())
+	w.Metrics.SetConnected(true, resumed)
+	defer func() {
+		w.Health.ConnectionDown(time.Now())
+		w.Metrics.SetConnected(false, false)
+	}()
 	if err := w.waitForConsumer(check); err != nil {
 		return false, err
 	}
@@ -191,6 +219,7 @@ func (w *Worker) session(ctx context.Context, resumed bool) (consumed bool, err 
 				return true, errors.New("the broker cancelled the consumer or closed its channel")
 			}
 			w.inflight.Add(1)
+			w.Metrics.Received(w.cfg.Queue)
 			go func() {
 				defer w.inflight.Done()
 				w.process(pub, d, canReport)
@@ -207,6 +236,7 @@ func (w *Worker) session(ctx context.Context, resumed bool) (consumed bool, err 
 				return true, err
 			}
 		case <-ctx.Done():
+			w.Health.Draining(time.Now())
 			w.drain(consume, tag, deliveries)
 			return true, nil
 		}
@@ -300,6 +330,8 @@ func (w *Worker) checkConsumer(check *amqp.Channel) error {
 	if err != nil {
 		return classify(err)
 	}
+	w.Health.Checked(map[string]int{w.cfg.Queue: q.Consumers}, map[string]int{w.cfg.Queue: q.Messages}, time.Now())
+	w.Metrics.Checked(w.cfg.Queue, q.Consumers, q.Messages)
 	if q.Consumers == 0 {
 		return fmt.Errorf("no consumer registered on %q", w.cfg.Queue)
 	}
@@ -387,7 +419,32 @@ func (w *Worker) process(pub *confirmer, d amqp.Delivery, canReport bool) {
 			status(bg, JobStatus{State: "failed", Reason: failure.Reason, Error: message})
 		}
 	}
+	w.Health.Settled(time.Now())
+	w.Metrics.Settled(w.cfg.Queue, d.Type, outcome, time.Since(start))
 	w.report(&d, trace, outcome, failure, time.Since(start))
+}
+
+// healthTick logs a change of readiness and touches the health file while live.
+func (w *Worker) healthTick() {
+	now := time.Now()
+	ready, live := w.Health.Readiness(now), w.Health.Liveness(now)
+	w.Metrics.SetReady(ready.OK)
+	if ready.Reason != w.reported {
+		switch {
+		case ready.OK:
+			w.log.Info("worker.ready", "queue", w.cfg.Queue)
+		case ready.Reason != "the worker is shutting down":
+			w.log.Warn("worker.unready", "queue", w.cfg.Queue, "reason", ready.Reason, "live", live.OK)
+		}
+		w.reported = ready.Reason
+	}
+	if w.cfg.HealthFile == "" || !live.OK {
+		return
+	}
+	stamp := strconv.FormatFloat(float64(now.UnixNano())/1e9, 'f', 3, 64)
+	if err := os.WriteFile(w.cfg.HealthFile, []byte(stamp), 0o644); err != nil {
+		w.log.Warn("worker.health_file_failed", "path", w.cfg.HealthFile, "error", err)
+	}
 }
 
 // call runs a handler with the timeout; a panic is a transient failure.
