@@ -28,8 +28,12 @@ module Leveret
     # @param grace [Numeric] seconds in-flight handlers get to finish on shutdown
     # @param max_attempts [Integer, nil] the queue's max_attempts, when known: a
     #   tracked job's transient failure on the last attempt then reports "failed"
+    # @param check_interval [Numeric] seconds between passive declares of the queue
+    # @param stall_after [Numeric] seconds with messages waiting and none settled before it is unready
+    # @param health_file [String, nil] a file touched at each check while the worker is live
     def initialize(app:, url:, prefetch: 8, concurrency: nil, grace: 30.0, max_attempts: nil, log: Log.new,
-                   connect_timeout: CONNECT_TIMEOUT, check_interval: CHECK_INTERVAL)
+                   connect_timeout: CONNECT_TIMEOUT, check_interval: CHECK_INTERVAL,
+                   stall_after: Health::STALL_AFTER, health_file: nil)
       raise ConfigurationError, "prefetch must be a positive integer" unless prefetch.is_a?(Integer) && prefetch.positive?
 
       @app = app
@@ -47,6 +51,12 @@ module Leveret
       @log = log
       @connect_timeout = connect_timeout
       @check_interval = check_interval
+      @health_file = health_file
+      # What the probes ask (Health) and what /metrics shows (Metrics).
+      @health = Health.new(queues: [app.queue], stall_after: stall_after, now: monotonic)
+      @metrics = Metrics.new
+      @ever_connected = false
+      @reported = "" # the readiness reason last logged: log changes, not every check
       @identity = Wire.failed_by(app.queue)
       @inflight = 0
       @inflight_mutex = Mutex.new
@@ -57,7 +67,7 @@ module Leveret
       @wake_r, @wake_w = IO.pipe
     end
 
-    attr_reader :identity
+    attr_reader :identity, :health, :metrics
 
     # Run until SIGTERM or SIGINT (or #stop).
     #
@@ -74,6 +84,7 @@ module Leveret
       start_consuming
       @log.info("worker.consuming", queue: @app.queue, prefetch: @prefetch, concurrency: @concurrency,
                                     types: @app.handlers.transform_values(&:versions), broker: broker)
+      first_check
       wait_for_stop
     rescue TopologyMissing => e
       @log.error("worker.topology_missing", error: e.message)
@@ -203,6 +214,7 @@ module Leveret
           @log.info("message.requeued", message_id: props.message_id, queue: @app.queue, outcome: "requeued")
           return
         end
+        @metrics.received(@app.queue)
         started = monotonic
         delivery = to_delivery(info, props, body)
         # Read once: every message sent for this delivery continues one trace.
@@ -245,6 +257,8 @@ module Leveret
           when "dead_lettered" then status.call("failed", reason: copy.reason, error: copy.error)
           end
         end
+        @health.settled(monotonic)
+        @metrics.settled(@app.queue, delivery.type, outcome, monotonic - started)
         report(delivery, trace, version || delivery.version, copy, outcome, monotonic - started)
       ensure
         track(-1)
@@ -340,6 +354,51 @@ module Leveret
         @log.info("worker.recovered", queue: @app.queue, broker: broker) if events.include?("R")
         @log.warning("worker.consumer_cancelled", queue: @app.queue) if events.include?("C")
         return 1 unless ensure_consuming
+
+        health_tick
+      end
+    end
+
+    # Readiness from the start, not one check interval later.
+    def first_check
+      connection_state
+      consumer_count
+      health_tick
+    rescue Bunny::Exception, IOError, SystemCallError, Timeout::Error, RuntimeError => e
+      @log.warning("worker.check_failed", error: "#{e.class}: #{e.message}")
+    end
+
+    # Log a change of readiness, and touch the health file while live.
+    def health_tick
+      now = monotonic
+      ready = @health.readiness(now)
+      live = @health.liveness(now)
+      @metrics.ready = ready.ok
+      if ready.reason != @reported
+        if ready.ok
+          @log.info("worker.ready", queue: @app.queue)
+        else
+          @log.warning("worker.unready", queue: @app.queue, reason: ready.reason, live: live.ok)
+        end
+        @reported = ready.reason
+      end
+      File.write(@health_file, format("%.3f", Time.now.to_f)) if @health_file && live.ok
+    rescue SystemCallError, IOError => e
+      @log.warning("worker.health_file_failed", path: @health_file, error: e.message)
+    end
+
+    # Tell Health and Metrics when the connection came up or went down.
+    def connection_state
+      open = @connection&.open? || false
+      return if open == @health.connected?
+
+      if open
+        @health.connection_up(monotonic)
+        @metrics.connected(true, reconnect: @ever_connected)
+        @ever_connected = true
+      else
+        @health.connection_down(monotonic)
+        @metrics.connected(false)
       end
     end
 
@@ -348,6 +407,7 @@ module Leveret
     #
     # @return [Boolean] false if the queue no longer exists
     def ensure_consuming
+      connection_state
       return true unless @connection.open?
 
       count = consumer_count
@@ -370,10 +430,14 @@ module Leveret
       true
     end
 
+    # A passive declare: the broker's count of consumers, and of messages waiting.
     def consumer_count
       @check_channel = nil unless @check_channel&.open?
       @check_channel ||= @connection.create_channel
-      @check_channel.queue_declare(@app.queue, passive: true).consumer_count
+      ok = @check_channel.queue_declare(@app.queue, passive: true)
+      @health.checked({ @app.queue => ok.consumer_count }, { @app.queue => ok.message_count }, monotonic)
+      @metrics.checked(@app.queue, ok.consumer_count, ok.message_count)
+      ok.consumer_count
     end
 
     # The contract's shutdown: basic.cancel, let in-flight handlers finish and
@@ -381,6 +445,7 @@ module Leveret
     # returns to the queue).
     def shutdown
       @stopping = true
+      @health.draining(monotonic)
       deadline = monotonic + @grace
       @log.info("worker.draining", queue: @app.queue, in_flight: inflight, grace: @grace)
       # Bunny's basic.cancel waits for cancel-ok, then for its work pool; run it
@@ -424,6 +489,7 @@ module Leveret
       nil
     ensure
       @connection = nil
+      connection_state
     end
 
     # --- plumbing ---------------------------------------------------------------------
