@@ -169,9 +169,9 @@ def dockerfile_cmd() -> list[str]:
     return exec_form(instruction("CMD"))
 
 
-def dockerfile_healthcheck() -> list[str]:
-    rest = instruction("HEALTHCHECK")
-    assert rest.upper() != "NONE", "the Dockerfile disables its HEALTHCHECK"
+def dockerfile_healthcheck(path: str = "Dockerfile") -> list[str]:
+    rest = instruction("HEALTHCHECK", path)
+    assert rest.upper() != "NONE", f"{path} disables its HEALTHCHECK"
     options, found, command = rest.partition("CMD ")
     assert found and all(o.startswith("--") for o in options.split()), f"HEALTHCHECK {rest}"
     return exec_form(command.strip())
@@ -326,6 +326,62 @@ def test_polyglot_worker_consumes_what_the_topology_declares(name: str) -> None:
     grace = float(environment(service).get("LEVERET_GRACE", 30))
     assert seconds(service["stop_grace_period"]) > grace
     assert "container_name" not in service and "ports" not in service, f"{name} cannot scale"
+
+
+def image_env(path: str) -> dict[str, str]:
+    """The ``ENV`` a Dockerfile's last stage sets (``KEY=value`` pairs)."""
+    stages = [i for i, (kw, _) in enumerate(dockerfile(path)) if kw == "FROM"]
+    env: dict[str, str] = {}
+    for keyword, rest in dockerfile(path)[stages[-1] :]:
+        if keyword == "ENV":
+            env.update(pair.split("=", 1) for pair in shlex.split(rest))
+    return env
+
+
+def probe_url(argv: list[str]) -> str:
+    """The one http:// URL in a health check's command line (inside a script, say)."""
+    urls = [u for arg in argv for u in re.findall(r"http://[^\s'\"]+", arg)]
+    assert len(urls) == 1, f"{argv}: expected one URL, found {urls}"
+    return urls[0]
+
+
+# What each polyglot image's health check runs: the program, and how it tells
+# success (a 200 only) from anything else.
+HEALTH_PROGRAMS = {
+    "node-worker": (["node", "-e"], "statusCode === 200"),
+    "ruby-worker": (["ruby", "-rnet/http", "-e"], "Net::HTTPOK"),
+    "go-worker": (["/usr/local/bin/leveret-worker", "-health-url"], ""),
+}
+
+
+@pytest.mark.parametrize("name", list(POLYGLOT))
+def test_polyglot_healthcheck_asks_the_port_the_worker_serves(name: str) -> None:
+    path = POLYGLOT[name]
+    argv = dockerfile_healthcheck(path)
+    program, success = HEALTH_PROGRAMS[name]
+    assert argv[: len(program)] == program, f"{path}: HEALTHCHECK runs {argv}"
+    assert success in argv[-1]
+    url = urlsplit(probe_url(argv))
+    assert (url.hostname, url.path) == ("127.0.0.1", "/livez"), f"{path} asks {url.geturl()}"
+    # The image's worker serves that port, on every address (Prometheus is
+    # another container); compose does not override it.
+    env = {**image_env(path), **environment(SERVICES[name])}
+    assert env.get("LEVERET_HTTP_PORT") == str(url.port), (
+        f"{name} serves port {env.get('LEVERET_HTTP_PORT')}, the HEALTHCHECK asks {url.port}"
+    )
+    host = env.get("LEVERET_HTTP_HOST")
+    assert host == "0.0.0.0", f"{name} listens on {host}"
+    assert str(url.port) in instruction("EXPOSE", path).split()
+    assert "healthcheck" not in SERVICES[name], f"{name}: keep the image's HEALTHCHECK"
+
+
+def test_prometheus_scrapes_the_polyglot_workers() -> None:
+    config = yaml.safe_load((ROOT / "docs/prometheus/prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    (sd,) = jobs["leveret-polyglot-workers"]["dns_sd_configs"]
+    assert sorted(sd["names"]) == sorted(POLYGLOT)
+    for name in POLYGLOT:
+        assert image_env(POLYGLOT[name])["LEVERET_HTTP_PORT"] == str(sd["port"])
 
 
 # --- Dockerfile -----------------------------------------------------------------------
