@@ -334,13 +334,15 @@ def image_env(path: str) -> dict[str, str]:
     env: dict[str, str] = {}
     for keyword, rest in dockerfile(path)[stages[-1] :]:
         if keyword == "ENV":
-            env.update(pair.split("=", 1) for pair in shlex.split(rest))
+            for pair in shlex.split(rest):
+                key, _, value = pair.partition("=")
+                env[key] = value
     return env
 
 
 def probe_url(argv: list[str]) -> str:
     """The one http:// URL in a health check's command line (inside a script, say)."""
-    urls = [u for arg in argv for u in re.findall(r"http://[^\s'\"]+", arg)]
+    urls: list[str] = [u for arg in argv for u in re.findall(r"http://[^\s'\"]+", arg)]
     assert len(urls) == 1, f"{argv}: expected one URL, found {urls}"
     return urls[0]
 

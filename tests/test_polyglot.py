@@ -2,7 +2,8 @@
 
 Each worker in ``consumers/`` is held to the conformance battery, processes
 ``demo.export`` tasks that the Python publisher sends, and continues the W3C
-trace of a task in the message its handler publishes; tasks published by the
+trace of a task in the message its handler publishes, and serves the same
+probes and Prometheus metrics as the Python worker; tasks published by the
 Ruby ``TaskPublisher`` and the Node ``Publisher`` are processed by the Python
 worker. A language whose toolchain is missing here is skipped with the reason,
 unless ``LEVERET_POLYGLOT=required`` (as in CI), where that is a failure.
@@ -16,15 +17,20 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pika
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from leveret import (
     App,
@@ -44,7 +50,9 @@ from leveret import (
 )
 from leveret.conformance import Conformance, Receipt, battery
 from leveret.demo import ExportRequested, ExportRequestedV2
+from tests import test_metrics
 from tests.conftest import rabbitmqctl
+from tests.test_compose import POLYGLOT, dockerfile_healthcheck
 
 ROOT = Path(__file__).resolve().parent.parent
 CONSUMERS = ROOT / "consumers"
@@ -493,3 +501,194 @@ async def test_a_task_from_the_node_publisher_is_processed_by_python(demo: Demo)
         "format": "csv",
         "columns": ["id"],
     }
+
+
+# --- probes and metrics -------------------------------------------------------------
+
+promtool = test_metrics.promtool  # the fixture: skips unless promtool is installed
+
+
+@pytest.fixture(params=sorted(WORKERS))
+def language(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def work_queue(broker_url: str, names: Callable[[str], str]) -> Iterator[str]:
+    """A conformance queue of its own: tasks go to ``<queue>.ex``."""
+    queue = names("probes")
+    topology = conformance.topology(queue)
+    admin.apply(broker_url, topology)
+    yield queue
+    admin.delete(broker_url, topology)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get(port: int, path: str) -> tuple[int, bytes]:
+    """Status and body of GET ``path``; status 0 when nothing answers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return int(response.status), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except (urllib.error.URLError, OSError):
+        return 0, b""
+
+
+@dataclass
+class Probed:
+    """A worker started with its probes on ``port``."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    def readiness(self) -> tuple[int, dict[str, str]]:
+        status, body = get(self.port, "/readyz")
+        return status, (json.loads(body) if status else {})
+
+    def samples(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        status, body = get(self.port, "/metrics")
+        assert status == 200, body
+        return {
+            (sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(body.decode())
+            for sample in family.samples
+        }
+
+
+@contextmanager
+def probed_worker(
+    command: list[str], url: str, queue: str, tmp_path: Path, **env: str
+) -> Iterator[Probed]:
+    """Run a worker of ``queue`` with its probes on a free loopback port; SIGTERM at the end."""
+    port = free_port()
+    log = tmp_path / "worker.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            command,
+            env=dict(
+                os.environ,
+                LEVERET_URL=url,
+                LEVERET_QUEUE=queue,
+                LEVERET_HTTP_HOST="127.0.0.1",
+                LEVERET_HTTP_PORT=str(port),
+                LEVERET_CHECK_INTERVAL="0.2",
+                **env,
+            ),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield Probed(process, port, log)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(40)
+    assert code == 0, log.read_text()
+
+
+def publish_raw(url: str, queue: str, body: bytes) -> None:
+    """A message with no type and a body that is not JSON: bad input."""
+    with admin.channel(url) as ch:
+        ch.confirm_delivery()
+        ch.basic_publish(
+            f"{queue}.ex", conformance.ROUTING_KEY, body, pika.BasicProperties(delivery_mode=2)
+        )
+
+
+def labels(**pairs: str) -> frozenset[tuple[str, str]]:
+    return frozenset(pairs.items())
+
+
+@pytest.mark.timeout(120)
+def test_the_worker_serves_probes_and_counts_outcomes(
+    language: str, work_queue: str, broker_url: str, tmp_path: Path, promtool: Path
+) -> None:
+    command = WORKERS[language]()
+    live_file = tmp_path / "live"
+    with probed_worker(
+        command, broker_url, work_queue, tmp_path, LEVERET_HEALTH_FILE=str(live_file)
+    ) as worker:
+        wait_for(lambda: worker.readiness()[0] == 200, "/readyz to answer 200")
+        assert worker.readiness() == (200, {"status": "ok", "reason": ""})
+        assert get(worker.port, "/livez") == (200, b'{"status":"ok","reason":""}\n')
+        assert get(worker.port, "/nowhere")[0] == 404
+        wait_for(live_file.exists, "the health file")
+
+        with Publisher(broker_url) as publisher:
+            publisher.publish(Conformance(note="succeeds"), exchange=f"{work_queue}.ex")
+            publisher.publish(Conformance(fail_times=1), exchange=f"{work_queue}.ex")
+        publish_raw(broker_url, work_queue, b"not json")
+
+        kind = Conformance.message_type
+        counted = {
+            ("processed", kind): 2.0,
+            ("retry_scheduled", kind): 1.0,
+            ("dead_lettered", "unknown"): 1.0,
+        }
+
+        def outcomes() -> dict[tuple[str, str], float]:
+            found = {}
+            for (name, pairs), value in worker.samples().items():
+                if name == "leveret_messages_total" and dict(pairs)["queue"] == work_queue:
+                    found[dict(pairs)["outcome"], dict(pairs)["type"]] = value
+            return found
+
+        wait_for(lambda: outcomes() == counted, f"the outcomes {counted}")
+        samples = worker.samples()
+        work = labels(queue=work_queue, role="work")
+        assert samples["leveret_queue_consumers", work] == 1.0
+        assert samples["leveret_queue_messages", work] == 0.0
+        assert samples["leveret_messages_in_flight", labels(queue=work_queue)] == 0.0
+        timed = labels(queue=work_queue, type=kind)
+        assert samples["leveret_handler_duration_seconds_count", timed] == 3.0
+        assert samples["leveret_handler_duration_seconds_bucket", timed | {("le", "+Inf")}] == 3.0
+        assert samples["leveret_worker_connected", frozenset()] == 1.0
+        assert samples["leveret_worker_ready", frozenset()] == 1.0
+        assert samples["leveret_reconnects_total", frozenset()] == 0.0
+
+        status, text = get(worker.port, "/metrics")
+        assert status == 200
+        test_metrics.check(promtool, "check", "metrics", stdin=text)
+
+        # The image's HEALTHCHECK, run here against this worker's port.
+        healthcheck = image_healthcheck(language, command, worker.port)
+        assert subprocess.run(healthcheck, capture_output=True, timeout=30).returncode == 0
+    # Nothing listens any more: the same check fails.
+    assert subprocess.run(healthcheck, capture_output=True, timeout=30).returncode == 1
+
+
+def image_healthcheck(language: str, command: list[str], port: int) -> list[str]:
+    """The HEALTHCHECK of the language's Dockerfile, asking ``port`` on this machine."""
+    argv = dockerfile_healthcheck(POLYGLOT[f"{language}-worker"])
+    if language == "go":
+        argv = [command[0], *argv[1:]]  # the binary built here, not the image's path
+    return [arg.replace("127.0.0.1:9100", f"127.0.0.1:{port}") for arg in argv]
+
+
+@pytest.mark.timeout(120)
+def test_a_stalled_worker_is_unready_but_live(
+    language: str, work_queue: str, broker_url: str, tmp_path: Path
+) -> None:
+    command = WORKERS[language]()
+    settings = {"LEVERET_STALL_AFTER": "1", "LEVERET_PREFETCH": "1"}
+    with probed_worker(command, broker_url, work_queue, tmp_path, **settings) as worker:
+        wait_for(lambda: worker.readiness()[0] == 200, "/readyz to answer 200")
+        with Publisher(broker_url) as publisher:
+            # One handler at a time: the second task waits while the first sleeps.
+            publisher.publish(Conformance(sleep_ms=4000), exchange=f"{work_queue}.ex")
+            publisher.publish(Conformance(note="waits"), exchange=f"{work_queue}.ex")
+        wait_for(lambda: worker.readiness()[0] == 503, "/readyz to fail", timeout=15)
+        status, verdict = worker.readiness()
+        assert status == 503 and verdict["status"] == "failing"
+        assert verdict["reason"].startswith("stalled: 1 message(s) waiting and none settled")
+        assert get(worker.port, "/livez")[0] == 200  # within the grace: not restarted
+        assert worker.samples()["leveret_worker_ready", frozenset()] == 0.0
+        # The first task settles, the second runs: ready again.
+        wait_for(lambda: worker.readiness()[0] == 200, "/readyz to recover", timeout=30)
+        wait_for(lambda: depth(broker_url, work_queue) == 0, "the queue to empty")
