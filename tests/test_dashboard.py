@@ -270,15 +270,21 @@ def test_management_api_adds_in_flight_and_rates(
 ) -> None:
     for n in range(5):
         pipeline.publish(apps.Task(n=n))
-    # Three deliveries held unacked by a consumer that stays connected.
+    # A consumer that stays connected and holds its three deliveries unacked.
     conn = connection.connect(pipeline.url)
     try:
         ch = conn.channel()
-        for _ in range(3):
-            method, _props, _body = ch.basic_get(pipeline.queue, auto_ack=False)
-            assert method is not None
+        ch.basic_qos(prefetch_count=3)
+        held: list[int] = []
+        ch.basic_consume(
+            pipeline.queue, lambda _ch, method, _props, _body: held.append(method.delivery_tag)
+        )
+        deadline = time.monotonic() + 10
+        while len(held) < 3:
+            assert time.monotonic() < deadline, f"the consumer got {len(held)} of 3 deliveries"
+            conn.process_data_events(time_limit=0.1)
         served = serve(management_url=management)  # the broker URL's credentials
-        # The management API publishes its figures every few seconds.
+        # The management API samples its figures every few seconds.
         deadline = time.monotonic() + 30
         while True:
             data = served.get("/api/queues").json()
@@ -286,14 +292,20 @@ def test_management_api_adds_in_flight_and_rates(
             if work["in_flight"] == 3:
                 break
             assert time.monotonic() < deadline, f"in flight never reached 3: {data}"
-            time.sleep(0.5)
+            conn.process_data_events(time_limit=0.5)  # keeps the consumer's heartbeats
         assert (data["source"], data["note"]) == ("management", "")
-        assert work["messages"] == 2
+        assert (work["messages"], work["consumers"]) == (2, 1)
+        assert len(held) == 3  # the prefetch held the other two back
         assert isinstance(work["publish_rate"], float) and isinstance(work["deliver_rate"], float)
         dead = data["groups"][0]["dead"]
         assert dead["in_flight"] == 0
-        page = served.get("/")
-        assert "in flight and rates need the management API" not in page.text
+        page = served.get("/").text
+        assert "in flight and rates need the management API" not in page
+        work_row = rf'<tr class="work" data-name="{re.escape(pipeline.queue)}">(.*?)</tr>'
+        row = re.search(work_row, page, re.S)
+        assert row, "no row for the work queue on the page"
+        assert 'data-field="in_flight">3<' in row.group(1)
+        assert len(re.findall(r">\d+\.\d/s<", row.group(1))) == 2  # publish and deliver
         metrics = served.get("/metrics").text
         unacked = (
             f'leveret_queue_messages_unacknowledged{{queue="{pipeline.queue}",role="work"}} 3.0'
