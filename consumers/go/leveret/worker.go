@@ -45,6 +45,9 @@ type Worker struct {
 // New returns a worker for cfg that logs to log.
 func New(cfg Config, log *Logger) *Worker {
 	host, _ := os.Hostname()
+	if cfg.StallAfter <= 0 {
+		cfg.StallAfter = DefaultStallAfter
+	}
 	return &Worker{
 		cfg: cfg,
 		log: log,
@@ -95,10 +98,12 @@ func (w *Worker) Run(ctx context.Context) error {
 	// or not: a reconnect within the grace keeps the container.
 	tick := time.NewTicker(w.cfg.CheckInterval)
 	defer tick.Stop()
+	done := make(chan struct{})
+	defer close(done)
 	go func() {
 		for {
 			select {
-			case <-ctx.Done():
+			case <-done:
 				return
 			case <-tick.C:
 				w.healthTick()
