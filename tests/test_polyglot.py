@@ -257,13 +257,21 @@ def test_the_worker_consumes_again_after_the_broker_drops_it(
     if not shutil.which("ss"):
         unavailable("ss (iproute2) is needed to find the worker's connections")
     log = tmp_path / "worker.log"
+    port = free_port()
     with log.open("w") as out:
         process = subprocess.Popen(
             worker_command,
-            env=dict(os.environ, LEVERET_URL=demo.url, LEVERET_QUEUE=demo.queue),
+            env=dict(
+                os.environ,
+                LEVERET_URL=demo.url,
+                LEVERET_QUEUE=demo.queue,
+                LEVERET_HTTP_PORT=str(port),
+                LEVERET_CHECK_INTERVAL="0.2",
+            ),
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+    worker = Probed(process, port, log)
     try:
         wait_for(lambda: consumers(demo.url, demo.queue) > 0, "the worker to consume")
         dropped = broker_connections_of(process.pid)
@@ -283,6 +291,9 @@ def test_the_worker_consumes_again_after_the_broker_drops_it(
             f"{sent} to be processed after the reconnect",
         )
         assert process.poll() is None, log.read_text()
+        wait_for(lambda: worker.readiness()[0] == 200, "/readyz after the reconnect")
+        reconnects = worker.samples()["leveret_reconnects_total", frozenset()]
+        assert reconnects == 1.0, log.read_text()
     finally:
         process.send_signal(signal.SIGTERM)
         code = process.wait(40)

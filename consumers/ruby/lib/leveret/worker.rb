@@ -55,7 +55,6 @@ module Leveret
       # What the probes ask (Health) and what /metrics shows (Metrics).
       @health = Health.new(queues: [app.queue], stall_after: stall_after, now: monotonic)
       @metrics = Metrics.new
-      @ever_connected = false
       @reported = "" # the readiness reason last logged: log changes, not every check
       @identity = Wire.failed_by(app.queue)
       @inflight = 0
@@ -351,7 +350,10 @@ module Leveret
         events = ready ? @wake_r.read_nonblock(1024, exception: false).to_s : ""
         return shutdown if @stop_requested
 
-        @log.info("worker.recovered", queue: @app.queue, broker: broker) if events.include?("R")
+        if events.include?("R")
+          @log.info("worker.recovered", queue: @app.queue, broker: broker)
+          recovered
+        end
         @log.warning("worker.consumer_cancelled", queue: @app.queue) if events.include?("C")
         return 1 unless ensure_consuming
 
@@ -387,6 +389,13 @@ module Leveret
       @log.warning("worker.health_file_failed", path: @health_file, error: e.message)
     end
 
+    # Bunny reconnected (its recovery is the worker's only way back): count
+    # it, even if no check saw the connection down.
+    def recovered
+      @health.connection_up(monotonic)
+      @metrics.connected(true, reconnect: true)
+    end
+
     # Tell Health and Metrics when the connection came up or went down.
     def connection_state
       open = @connection&.open? || false
@@ -394,8 +403,7 @@ module Leveret
 
       if open
         @health.connection_up(monotonic)
-        @metrics.connected(true, reconnect: @ever_connected)
-        @ever_connected = true
+        @metrics.connected(true)
       else
         @health.connection_down(monotonic)
         @metrics.connected(false)
