@@ -89,7 +89,12 @@ module Leveret
       return if head.nil?
 
       method, target = head.lines.first.to_s.split(" ", 3)
-      status, body, kind = head.bytesize > MAX_REQUEST ? [400, "request too large\n", "text/plain"] : answer(method, target.to_s.split("?", 2).first)
+      status, body, kind =
+        if head.bytesize > MAX_REQUEST
+          [400, "request too large\n", "text/plain"]
+        else
+          answer(method, target.to_s.split("?", 2).first)
+        end
       client.write("HTTP/1.1 #{status} #{REASONS.fetch(status)}\r\nContent-Type: #{kind}\r\n" \
                    "Content-Length: #{body.bytesize}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n")
       client.write(body) unless method == "HEAD"
