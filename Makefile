@@ -59,7 +59,7 @@ lint: venv
 	$(BIN)/ruff format --check leveret tests examples consumers/python bench
 
 typecheck: venv
-	$(BIN)/mypy leveret
+	$(BIN)/mypy leveret tests
 
 check: lint typecheck test
 

@@ -151,8 +151,11 @@ async def running(pipeline: Pipeline) -> AsyncIterator[Callable[..., Worker]]:
 
     def start(app: App | None = None, **kwargs: object) -> Worker:
         worker = Worker(
-            app or pipeline.app, pipeline.url, on_outcome=pipeline.outcomes.append, **kwargs
-        )  # type: ignore[arg-type]
+            app or pipeline.app,
+            pipeline.url,
+            on_outcome=pipeline.outcomes.append,
+            **kwargs,  # type: ignore[arg-type]
+        )
         tasks.append((worker, asyncio.create_task(worker.run())))
         return worker
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from leveret import App, Context, wire
@@ -25,7 +27,7 @@ async def handle(message: Task | TaskV2, ctx: Context) -> None:
 
 
 def delivery(body: bytes = b'{"n": 1}', **kw: object) -> wire.Delivery:
-    fields: dict = {
+    fields: dict[str, Any] = {
         "type": "test.task",
         "headers": {wire.VERSION: 1},
         "content_type": "application/json",
@@ -65,7 +67,9 @@ def test_resolves_each_version_to_its_model() -> None:
         ({}, b'{"n": []}', SchemaViolation, "test.task v1: n"),
     ],
 )
-def test_resolve_errors(kw: dict, body: bytes, error: type[Exception], match: str) -> None:
+def test_resolve_errors(
+    kw: dict[str, Any], body: bytes, error: type[Exception], match: str
+) -> None:
     with pytest.raises(error, match=match):
         APP.resolve("q", delivery(body, **kw))
 

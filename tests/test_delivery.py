@@ -68,7 +68,7 @@ async def test_acks_coalesce_only_below_the_lowest_unsettled_tag(
             ("reject", t[5], False),
             ("ack", t[10], True),
         ]
-        await channel.basic_cancel(got[0].delivery.consumer_tag)  # type: ignore[union-attr]
+        await channel.basic_cancel(got[0].delivery.consumer_tag)  # type: ignore[union-attr,arg-type]
         await channel.close()  # anything left unacked would go back to the queue
         check = await conn.channel()
         ok: Any = await check.queue_declare(queue, passive=True)

@@ -103,9 +103,9 @@ def test_sigkill_mid_handler_is_redelivered_and_the_others_keep_going(
         victim_pid = int(victim.read_text())
         os.kill(victim_pid, signal.SIGKILL)
         killed_at = time.monotonic()
-        n = victim.name.split(".")[0]
+        killed = victim.name.split(".")[0]
         wait_until(lambda: len(list(markers.glob("*.done"))) == 30, 60, "every task to finish")
-        assert (markers / f"{n}.done").exists(), "the killed task was never finished elsewhere"
+        assert (markers / f"{killed}.done").exists(), "the killed task was never finished elsewhere"
     finally:
         stop_all(procs)
     survivors = [lg for lg, p in zip(logs, procs, strict=True) if p.pid != victim_pid]

@@ -27,8 +27,8 @@ from tests.proxy import Proxy
 # --- the rules ----------------------------------------------------------------------
 
 
-def connected(now: float = 0.0, **kwargs: float) -> Health:
-    h = Health(("q",), now=now, **kwargs)
+def connected(now: float = 0.0, stall_after: float = 300.0, grace: float = 60.0) -> Health:
+    h = Health(("q",), stall_after=stall_after, grace=grace, now=now)
     h.connection_up(now)
     h.checked({"q": 1}, {"q": 0}, now)
     return h

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from leveret import Message
@@ -23,14 +25,14 @@ def test_type_and_version_come_from_the_class() -> None:
         ({"type": "ok.name"}, "integer >= 1"),
     ],
 )
-def test_bad_declarations_are_refused(kwargs: dict, match: str) -> None:
+def test_bad_declarations_are_refused(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ConfigurationError, match=match):
         type("Bad", (Message,), {"__annotations__": {}}, **kwargs)
 
 
 def test_building_from_bad_data_is_a_schema_violation() -> None:
     with pytest.raises(SchemaViolation, match=r"test.task v1: n: Input should be a valid integer"):
-        Task(n="1")
+        Task(n="1")  # type: ignore[arg-type]  # what bad input looks like
 
 
 def test_messages_are_frozen() -> None:

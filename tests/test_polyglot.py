@@ -278,7 +278,7 @@ def test_the_worker_consumes_again_after_the_broker_drops_it(
         assert dropped, "found no connection of the worker"
         for name in dropped:
             rabbitmqctl("close_connection", name, "test: the broker drops the worker")
-        wait_for(lambda: broker_connections_of(process.pid), "the worker to reconnect")
+        wait_for(lambda: bool(broker_connections_of(process.pid)), "the worker to reconnect")
         assert not set(dropped) & set(broker_connections_of(process.pid))
         wait_for(lambda: consumers(demo.url, demo.queue) == 1, "one consumer again")
         with Publisher(demo.url) as publisher:
@@ -423,9 +423,11 @@ def test_a_follow_up_continues_the_trace_of_its_task(
 # --- another language publishes, Python processes --------------------------------
 
 
-async def python_worker_receives(demo: Demo, publish: Callable[[], list[str]]) -> dict[str, dict]:
+async def python_worker_receives(
+    demo: Demo, publish: Callable[[], list[str]]
+) -> dict[str, dict[str, Any]]:
     """Run ``publish`` (which returns message ids) while a Python worker consumes."""
-    received: dict[str, dict] = {}
+    received: dict[str, dict[str, Any]] = {}
     outcomes: list[Outcome] = []
     app = App(demo.topology)
 

@@ -14,7 +14,8 @@ from pydantic import ConfigDict, Field, create_model
 
 from leveret.cli import main
 from leveret.compatibility import check
-from leveret.demo import Conformance, ExportRequested, ExportRequestedV2
+from leveret.conformance import Conformance
+from leveret.demo import ExportRequested, ExportRequestedV2
 from leveret.demo import app as demo_app
 from leveret.errors import ConfigurationError, SchemaViolation
 from leveret.messages import Message, Model

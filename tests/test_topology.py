@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from leveret import Binding, Exchange, Queue, RetryPolicy, Topology, wire
@@ -93,7 +95,7 @@ def test_one_attempt_means_no_tiers() -> None:
         {"delays": (float("nan"),)},
     ],
 )
-def test_bad_policies_are_refused(kwargs: dict) -> None:
+def test_bad_policies_are_refused(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ConfigurationError):
         RetryPolicy(**kwargs)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import pika
 import pytest
@@ -38,7 +39,7 @@ def raw_publish(
     body: bytes,
     *,
     type: str | None = "test.task",
-    headers: dict | None = None,
+    headers: dict[str, Any] | None = None,
     content_type: str | None = "application/json",
     message_id: str = "raw-1",
 ) -> None:
@@ -63,7 +64,7 @@ async def test_processes_and_acks(pipeline: Pipeline, running: Callable[..., Wor
     running()
     ids = [pipeline.publish(Task(n=i)) for i in range(5)]
     await pipeline.wait(lambda: len(pipeline.finals("processed")) == 5)
-    assert sorted(o.message_id for o in pipeline.outcomes) == sorted(ids)
+    assert sorted(str(o.message_id) for o in pipeline.outcomes) == sorted(ids)
     assert all(o.attempt == 1 for o in pipeline.outcomes)
     assert pipeline.depth(pipeline.queue) == 0
 
@@ -152,7 +153,11 @@ async def test_exact_attempts_then_dead_letter_with_headers(
     ],
 )
 async def test_bad_input_goes_straight_to_the_dead_letter_queue(
-    pipeline: Pipeline, running: Callable[..., Worker], body: bytes, kwargs: dict, reason: str
+    pipeline: Pipeline,
+    running: Callable[..., Worker],
+    body: bytes,
+    kwargs: dict[str, Any],
+    reason: str,
 ) -> None:
     running()
     raw_publish(pipeline, body, **kwargs)
@@ -407,7 +412,7 @@ async def test_handlers_publish_follow_up_tasks_correlated_with_their_job(
         worker = Worker(app, pipeline.url, on_outcome=pipeline.outcomes.append)
         task = asyncio.create_task(worker.run())
         pipeline.publish(Task(n=1), correlation_id="job-42")
-        await pipeline.wait(lambda n=expected: len(pipeline.finals("processed")) == n)
+        await pipeline.wait(lambda: len(pipeline.finals("processed")) == expected)  # noqa: B023
         worker.stop()
         await task
     assert sorted(children) == [(-9, "job-42"), (-3, "job-42"), (-2, "job-42"), (-1, "job-42")]
