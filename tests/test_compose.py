@@ -124,11 +124,17 @@ def words(command: str | list[str]) -> list[str]:
 
 
 def environment(service: dict[str, Any]) -> dict[str, str]:
-    """A compose service's environment, from its mapping or ``KEY=VALUE`` list form."""
+    """A compose service's environment, from its mapping or ``KEY=VALUE`` list form.
+
+    ``${NAME:-default}`` is read as compose reads it with ``NAME`` unset.
+    """
     env = service.get("environment") or {}
     if isinstance(env, list):
         env = dict(item.split("=", 1) for item in env)
-    return {k: str(v) for k, v in env.items()}
+    return {k: DEFAULTED.sub(lambda m: m.group(1), str(v)) for k, v in env.items()}
+
+
+DEFAULTED = re.compile(r"\$\{\w+:-([^}]*)\}")
 
 
 def run(name: str) -> Resolved:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import httpx
 import pika
@@ -248,12 +249,15 @@ MANAGEMENT = "http://127.0.0.1:15672"
 
 
 @pytest.fixture
-def management() -> str:
-    """The management API on loopback; skipped without it, unless LEVERET_MANAGEMENT=required."""
+def management(broker_url: str) -> str:
+    """The management API on loopback; skipped without it, unless LEVERET_MANAGEMENT=required.
+
+    It is asked with the test broker's credentials, as the dashboard asks it.
+    """
+    parts = urlsplit(broker_url)
+    auth = (unquote(parts.username or "guest"), unquote(parts.password or "guest"))
     try:
-        httpx.get(
-            f"{MANAGEMENT}/api/overview", auth=("guest", "guest"), timeout=5
-        ).raise_for_status()
+        httpx.get(f"{MANAGEMENT}/api/overview", auth=auth, timeout=5).raise_for_status()
     except httpx.HTTPError as exc:
         if os.environ.get("LEVERET_MANAGEMENT") == "required":
             pytest.fail(

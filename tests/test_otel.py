@@ -42,7 +42,7 @@ from leveret import (
 from leveret.publisher.core import PublisherCore
 from leveret.testing import Broker
 
-CORE = PublisherCore("amqp://guest:guest@localhost/")
+CORE = PublisherCore("amqp://localhost/")  # builds envelopes only: never connects
 PARENT_TRACE = "0af7651916cd43dd8448eb211c80319c"
 PARENT = f"00-{PARENT_TRACE}-b7ad6b7169203331-01"
 
