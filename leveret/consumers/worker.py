@@ -331,6 +331,8 @@ class Worker:
         acks: Acks,
         publish: aiormq.abc.AbstractChannel,
     ) -> Callable[[aiormq.abc.DeliveredMessage], Coroutine[Any, Any, None]]:
+        gauge = self.metrics.in_flight.labels(queue)  # looked up once, not per delivery
+
         async def on_message(dm: aiormq.abc.DeliveredMessage) -> None:
             # aiormq runs each delivery in a task of its own.
             tag = delivery_tag(dm)
@@ -341,7 +343,6 @@ class Worker:
             task = asyncio.current_task()
             assert task is not None
             self._inflight.add(task)
-            gauge = self.metrics.in_flight.labels(queue)
             gauge.inc()
             try:
                 async with self._slots:
