@@ -40,6 +40,8 @@ def function_of(frame: str) -> str:
 def package_of(frame: str) -> str:
     """``func (path/to/file.py:12)`` -> a short package name."""
     path = frame.rsplit("(", 1)[-1]
+    if "leveret/amqp/" in path:
+        return "leveret.amqp"  # the AMQP client, apart from the rest of leveret
     for name in (
         "leveret",
         "aiormq",

@@ -160,7 +160,7 @@ def configure(*, json: bool | None = None, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # Their connection and channel errors reach us as exceptions, which we
-    # translate and log once with context; their own lines would say it twice.
-    for noisy in ("pika", "aiormq", "aio_pika"):
+    # pika's connection and channel errors reach us as exceptions, which we
+    # translate and log once with context; its own lines would say it twice.
+    for noisy in ("pika",):
         logging.getLogger(noisy).setLevel(logging.CRITICAL)

@@ -15,13 +15,13 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import aiormq
 import pytest
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
-from leveret import App, Context, Publisher, Worker, admin, connection, dlq
+from leveret import App, Context, Publisher, Worker, admin, amqp, connection, dlq
 from leveret.errors import LeveretError
 from tests import apps
 from tests.apps import Task
@@ -223,17 +223,16 @@ async def test_crash_between_the_retry_republish_and_the_ack_loses_nothing(
     pipeline: Pipeline, running: Callable[..., Worker], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The copy is confirmed, the original not yet acked: at worst a duplicate."""
-    original = aiormq.Channel.basic_publish
+    original = amqp.Channel.basic_publish
     crashed: list[str] = []
 
-    async def confirm_then_crash(self: aiormq.Channel, body: bytes, **kwargs: object) -> object:
-        result = await original(self, body, **kwargs)  # type: ignore[arg-type]
+    async def confirm_then_crash(self: amqp.Channel, body: bytes, **kwargs: Any) -> None:
+        await original(self, body, **kwargs)
         if str(kwargs.get("exchange", "")).endswith(".retry") and not crashed:
             crashed.append("yes")
-            await self.connection.close()  # the worker "dies" before it can ack
-        return result
+            await self.conn.close()  # the worker "dies" before it can ack
 
-    monkeypatch.setattr(aiormq.Channel, "basic_publish", confirm_then_crash)
+    monkeypatch.setattr(amqp.Channel, "basic_publish", confirm_then_crash)
     running()
     message_id = pipeline.publish(Task(n=1, fail_times=1))
     await pipeline.wait(

@@ -13,10 +13,9 @@ from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import aiormq.abc
 import structlog
 
-from leveret import tracing, wire
+from leveret import amqp, tracing, wire
 from leveret.errors import ConfigurationError, LeveretError, Unroutable
 from leveret.messages import Message
 from leveret.publisher.aio import amqp_properties, publish_on
@@ -42,7 +41,7 @@ class HandlerPublisher:
     def __init__(
         self,
         core: PublisherCore,
-        channel: aiormq.abc.AbstractChannel,
+        channel: amqp.Channel,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.core = core

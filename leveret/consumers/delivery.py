@@ -1,6 +1,6 @@
-"""Deliveries as aiormq hands them over: reading them, settling them, reporting them.
+"""Deliveries as :mod:`leveret.amqp` hands them over: reading them, settling them, reporting them.
 
-The client-specific half of the worker: turning an aiormq delivery into the
+The client-specific half of the worker: turning a delivery into the
 client-neutral :class:`~leveret.wire.Delivery`, the properties of a retry or
 dead-letter copy, and the :class:`Outcome` reported for each delivery.
 """
@@ -8,15 +8,13 @@ dead-letter copy, and the :class:`Outcome` reported for each delivery.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-import aiormq.abc
 import structlog
-from pamqp import commands as spec
 
-from leveret import retry, wire
+from leveret import amqp, retry, wire
 from leveret.consumers.context import Context, HandlerPublisher
 from leveret.messages import Message
 
@@ -38,11 +36,6 @@ class Outcome:
     error: str | None = None
 
 
-def delivery_tag(dm: aiormq.abc.DeliveredMessage) -> int:
-    assert isinstance(dm.delivery, spec.Basic.Deliver)
-    return int(dm.delivery.delivery_tag or 0)
-
-
 class Acks:
     """The acks of one consuming channel, coalesced into ``basic.ack multiple=True``.
 
@@ -54,34 +47,35 @@ class Acks:
     deliveries, after the handlers returned, as before.
 
     Every delivery on the channel must be registered with :meth:`delivered`
-    and leave through :meth:`ack` or :meth:`reject`.
+    and leave through :meth:`ack` or :meth:`reject`. Frames are written the
+    moment they are decided (writing does not wait), so a multiple ack never
+    overtakes a single ack or a reject of a tag it covers.
     """
 
-    def __init__(self, channel: aiormq.abc.AbstractChannel) -> None:
+    def __init__(self, channel: amqp.Channel) -> None:
         self.channel = channel
         self._unsettled: set[int] = set()
         self._gathering: list[int] | None = None
         self._sent: asyncio.Future[None] | None = None
-        # Settling frames are written in the order they are decided: a multiple
-        # ack must never overtake a single ack or a reject of a tag it covers.
-        self._lock = asyncio.Lock()
 
     def delivered(self, tag: int) -> None:
         """Count a delivery as unsettled until it is acked or rejected."""
         self._unsettled.add(tag)
 
-    async def reject(self, tag: int, *, requeue: bool) -> None:
-        """Reject a delivery at once (``basic.reject``)."""
-        async with self._lock:
-            self._unsettled.discard(tag)
-            await self.channel.basic_reject(tag, requeue=requeue)
+    def reject(self, tag: int, *, requeue: bool) -> None:
+        """Reject a delivery at once (``basic.reject``).
+
+        Raises:
+            leveret.amqp.AMQPError: the channel is closed; the delivery will come back.
+        """
+        self._unsettled.discard(tag)
+        self.channel.basic_reject(tag, requeue=requeue)
 
     async def ack(self, tag: int) -> None:
         """Ack a processed delivery, with the others settled in this loop pass.
 
         Raises:
-            aiormq.exceptions.ChannelInvalidStateError: the channel is closed; the
-                delivery will come back.
+            leveret.amqp.AMQPError: the channel is closed; the delivery will come back.
         """
         if self._gathering is not None:  # another delivery's ack is gathering: join it
             self._gathering.append(tag)
@@ -94,7 +88,7 @@ class Acks:
         try:
             await asyncio.sleep(0)  # the deliveries settled in this pass join
             tags, self._gathering = self._gathering, None
-            await self._send(tags)
+            self._write(tags)
         except BaseException as exc:
             if self._sent is sent:
                 self._gathering = None
@@ -106,48 +100,42 @@ class Acks:
             raise
         sent.set_result(None)
 
-    async def _send(self, tags: list[int]) -> None:
-        async with self._lock:
-            await self._write(tags)
-
-    async def _write(self, tags: list[int]) -> None:
+    def _write(self, tags: list[int]) -> None:
         tags.sort()
         self._unsettled.difference_update(tags)
         # Tags below every delivery still in a handler can go in one frame.
         floor = min(self._unsettled, default=None)
         covered = [t for t in tags if floor is None or t < floor]
         if covered:
-            await self.channel.basic_ack(covered[-1], multiple=len(covered) > 1, wait=False)
+            self.channel.basic_ack(covered[-1], multiple=len(covered) > 1)
         for tag in tags[len(covered) :]:
-            await self.channel.basic_ack(tag, wait=False)
+            self.channel.basic_ack(tag)
 
 
-def to_delivery(dm: aiormq.abc.DeliveredMessage) -> wire.Delivery:
-    """Turn an aiormq delivery into the client-neutral :class:`~leveret.wire.Delivery`."""
-    assert isinstance(dm.delivery, spec.Basic.Deliver)
-    props = dm.header.properties
-    stamp = props.timestamp
+def to_delivery(dm: amqp.Deliver) -> wire.Delivery:
+    """Turn a delivery into the client-neutral :class:`~leveret.wire.Delivery`."""
+    props = dm.properties
     return wire.Delivery(
         body=dm.body,
-        exchange=dm.delivery.exchange or "",
-        routing_key=dm.delivery.routing_key or "",
+        exchange=dm.exchange,
+        routing_key=dm.routing_key,
         message_id=props.message_id,
-        type=props.message_type,
+        type=props.type,
         content_type=props.content_type,
         correlation_id=props.correlation_id,
-        timestamp=int(stamp.timestamp()) if isinstance(stamp, datetime) else None,
-        redelivered=bool(getattr(dm.delivery, "redelivered", False)),
+        timestamp=props.timestamp,
+        redelivered=dm.redelivered,
         headers=props.headers or {},
     )
 
 
-def republished(props: spec.Basic.Properties, headers: dict[str, Any]) -> spec.Basic.Properties:
+def republished(props: amqp.Properties, headers: dict[str, Any]) -> amqp.Properties:
     """The properties of a retry or dead-letter copy: the original's, new headers.
 
     ``expiration`` is dropped (the tier's TTL decides) and so is ``user_id``
     (the broker checks it against the republishing connection's user).
     """
-    return spec.Basic.Properties(
+    return amqp.Properties(
         content_type=props.content_type,
         content_encoding=props.content_encoding,
         headers=headers,
@@ -156,8 +144,8 @@ def republished(props: spec.Basic.Properties, headers: dict[str, Any]) -> spec.B
         correlation_id=props.correlation_id,
         reply_to=props.reply_to,
         message_id=props.message_id,
-        timestamp=props.timestamp or datetime.now(UTC),
-        message_type=props.message_type,
+        timestamp=props.timestamp or int(time.time()),
+        type=props.type,
         app_id=props.app_id,
     )
 

@@ -1,4 +1,4 @@
-"""The worker: consumes an app's queues with aio-pika and settles every delivery.
+"""The worker: consumes an app's queues and settles every delivery.
 
 Async handlers run on the event loop, sync handlers in a thread pool, so the
 connection's heartbeats never wait for a handler. A delivery is acked only
@@ -15,27 +15,20 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
-import aio_pika.abc
-import aiormq
-import aiormq.abc
-import aiormq.exceptions
 import structlog
-from pamqp import commands as spec
 from structlog.contextvars import bind_contextvars
 
-from leveret import connection, health, retry, wire
+from leveret import amqp, connection, health, retry, wire
 from leveret.consumers.app import App
 from leveret.consumers.attempt import attempt, settled
 from leveret.consumers.context import HandlerPublisher
 from leveret.consumers.delivery import (
     Acks,
     Outcome,
-    delivery_tag,
     report,
     republished,
     to_delivery,
@@ -160,10 +153,10 @@ class Worker:
                     if not started:
                         raise
                     log.warning("worker.broker_unavailable", retry_in=delay)
-                except (*CONNECTION_ERRORS, aiormq.exceptions.ChannelClosed) as exc:
-                    if isinstance(exc, aiormq.exceptions.ChannelAccessRefused):
-                        raise AccessRefused.from_reply(exc) from exc
-                    if isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity) and not started:
+                except (*CONNECTION_ERRORS, amqp.ChannelClosed) as exc:
+                    if isinstance(exc, amqp.ChannelAccessRefused):
+                        raise AccessRefused.from_reply(exc.text) from exc
+                    if isinstance(exc, amqp.ChannelNotFound) and not started:
                         raise TopologyMissing(f"{exc}; run `leveret topology apply`") from exc
                     log.warning(
                         "worker.connection_lost",
@@ -188,7 +181,7 @@ class Worker:
         lost = asyncio.Event()
         monitor: asyncio.Task[None] | None = None
         try:
-            conn.close_callbacks.add(lambda *_: lost.set())
+            conn.close_callbacks.append(lambda _: lost.set())
             check = await self._channel(conn, lost, watch=False)
             await self._verify(conn)
             publish = await self._channel(conn, lost, confirms=True)
@@ -199,10 +192,9 @@ class Worker:
             acks = Acks(consume)
             tags: list[str] = []
             for queue in self.queues:
-                ok = await consume.basic_consume(
-                    queue, self._deliver_to(queue, acks, publish), no_ack=False
+                tags.append(
+                    await consume.basic_consume(queue, self._deliver_to(queue, acks, publish))
                 )
-                tags.append(str(ok.consumer_tag))
             self.health.connection_up(time.monotonic())
             self.metrics.connected.set(1)
             if started:
@@ -233,24 +225,25 @@ class Worker:
 
     async def _channel(
         self,
-        conn: aio_pika.abc.AbstractConnection,
+        conn: amqp.Connection,
         lost: asyncio.Event,
         *,
         confirms: bool = False,
         prefetch: int | None = None,
         watch: bool = True,
-    ) -> aiormq.abc.AbstractChannel:
-        ch = await conn.channel(publisher_confirms=confirms, on_return_raises=confirms)
+    ) -> amqp.Channel:
+        ch = await conn.channel()
+        if confirms:
+            await ch.confirm_select()
         if prefetch:
-            await ch.set_qos(prefetch_count=prefetch)
+            await ch.basic_qos(prefetch)
         if watch:
             # A channel closed by the broker takes its consumers with it while the
             # connection stays up: treat it as a lost connection and start over.
-            ch.close_callbacks.add(lambda *_: lost.set())
-        underlay: aiormq.abc.AbstractChannel = await ch.get_underlay_channel()
-        return underlay
+            ch.close_callbacks.append(lambda _: lost.set())
+        return ch
 
-    async def _verify(self, conn: aio_pika.abc.AbstractConnection) -> None:
+    async def _verify(self, conn: amqp.Connection) -> None:
         missing = []
         tracks = self.app.tracks(self.queues)
         needed = worker_needs(self.app.topology, self.queues)
@@ -268,29 +261,25 @@ class Worker:
                 "missing on the broker: " + ", ".join(missing) + "; run `leveret topology apply`"
             )
 
-    async def _check_consumers(self, ch: aiormq.abc.AbstractChannel) -> None:
+    async def _check_consumers(self, ch: amqp.Channel) -> None:
         # A reconnect that leaves zero consumers is the classic silent failure of
         # "robust" connections: ask the broker rather than trust the client.
         consumers: dict[str, int] = {}
         waiting: dict[str, int] = {}
         for queue in self.queues:
-            ok = await ch.queue_declare(queue, passive=True)
-            consumers[queue] = ok.consumer_count or 0
-            waiting[queue] = ok.message_count or 0
+            waiting[queue], consumers[queue] = await ch.queue_declare(queue, passive=True)
         self.health.checked(consumers, waiting, time.monotonic())
         self.metrics.checked(consumers, waiting)
         for queue, count in consumers.items():
             if count == 0:
-                raise aiormq.exceptions.ChannelInvalidStateError(
-                    f"no consumer registered on {queue!r}"
-                )
+                raise amqp.ConnectionLost(f"no consumer registered on {queue!r}")
 
-    async def _monitor(self, ch: aiormq.abc.AbstractChannel, lost: asyncio.Event) -> None:
+    async def _monitor(self, ch: amqp.Channel, lost: asyncio.Event) -> None:
         reported = ""  # the readiness reason last logged: log changes, not every check
         while not lost.is_set():
             try:
                 await self._check_consumers(ch)
-            except (*CONNECTION_ERRORS, aiormq.exceptions.AMQPError) as exc:
+            except (*CONNECTION_ERRORS, amqp.AMQPError) as exc:
                 log.error("worker.consumers_lost", error=str(exc))
                 lost.set()
                 return
@@ -307,14 +296,14 @@ class Worker:
                 self.health_file.write_text(str(time.time()))
             await asyncio.sleep(CHECK_INTERVAL)
 
-    async def _drain(self, consume: aiormq.abc.AbstractChannel, tags: list[str]) -> None:
+    async def _drain(self, consume: amqp.Channel, tags: list[str]) -> None:
         """Stop taking messages and let in-flight handlers finish within the grace period."""
         self._stopping = True
         self.health.draining(time.monotonic())
         for tag in tags:
             try:
                 await consume.basic_cancel(tag)
-            except (*CONNECTION_ERRORS, aiormq.exceptions.AMQPError):
+            except (*CONNECTION_ERRORS, amqp.AMQPError):
                 return
         pending = set(self._inflight)
         log.info("worker.draining", in_flight=len(pending), grace=self.grace)
@@ -329,36 +318,44 @@ class Worker:
         self,
         queue: str,
         acks: Acks,
-        publish: aiormq.abc.AbstractChannel,
-    ) -> Callable[[aiormq.abc.DeliveredMessage], Coroutine[Any, Any, None]]:
+        publish: amqp.Channel,
+    ) -> Callable[[amqp.Deliver], None]:
         gauge = self.metrics.in_flight.labels(queue)  # looked up once, not per delivery
+        loop = asyncio.get_running_loop()
+        inflight = self._inflight
 
-        async def on_message(dm: aiormq.abc.DeliveredMessage) -> None:
-            # aiormq runs each delivery in a task of its own.
-            tag = delivery_tag(dm)
-            acks.delivered(tag)
-            if self._stopping:
-                await acks.reject(tag, requeue=True)
-                return
-            task = asyncio.current_task()
-            assert task is not None
-            self._inflight.add(task)
+        async def handle(delivery: amqp.Deliver) -> None:
             gauge.inc()
             try:
                 async with self._slots:
-                    await self._process(queue, dm, acks, publish)
+                    await self._process(queue, delivery, acks, publish)
             finally:
                 gauge.dec()
-                self._inflight.discard(task)
+
+        def on_message(delivery: amqp.Deliver) -> None:
+            # Called as the delivery is read: each one is handled in a task of its own.
+            acks.delivered(delivery.delivery_tag)
+            if self._stopping:
+                with contextlib.suppress(amqp.AMQPError):
+                    acks.reject(delivery.delivery_tag, requeue=True)
+                return
+            task = loop.create_task(handle(delivery))
+            inflight.add(task)
+            task.add_done_callback(_finished)
+
+        def _finished(task: asyncio.Task[None]) -> None:
+            inflight.discard(task)
+            if not task.cancelled() and (exc := task.exception()) is not None:
+                log.error("worker.delivery_failed", error=repr(exc))
 
         return on_message
 
     async def _process(
         self,
         queue: str,
-        dm: aiormq.abc.DeliveredMessage,
+        dm: amqp.Deliver,
         acks: Acks,
-        publish: aiormq.abc.AbstractChannel,
+        publish: amqp.Channel,
     ) -> None:
         delivery = to_delivery(dm)
         start = time.perf_counter()
@@ -385,49 +382,46 @@ class Worker:
 
     async def _settle(
         self,
-        dm: aiormq.abc.DeliveredMessage,
+        dm: amqp.Deliver,
         decision: retry.Decision,
         acks: Acks,
-        publish: aiormq.abc.AbstractChannel,
+        publish: amqp.Channel,
     ) -> str:
-        tag = delivery_tag(dm)
+        tag = dm.delivery_tag
         try:
             if isinstance(decision, retry.Ack):
                 await acks.ack(tag)
                 return decision.outcome
-            confirmed = False
             try:
-                result = await publish.basic_publish(
+                await publish.basic_publish(
                     dm.body,
                     exchange=decision.exchange,
                     routing_key=decision.routing_key,
-                    properties=republished(dm.header.properties, decision.headers),
+                    properties=republished(dm.properties, decision.headers),
                     mandatory=True,
                 )
-                confirmed = isinstance(result, spec.Basic.Ack)
-            except (aiormq.exceptions.DeliveryError, aiormq.exceptions.ChannelClosed) as exc:
+            except (amqp.Returned, amqp.Nacked, amqp.ChannelClosed) as exc:
                 log.error("message.republish_failed", error=str(exc), exchange=decision.exchange)
-            if confirmed:
-                await acks.ack(tag)
-                return decision.outcome
-            # Never ack a message whose copy the broker did not take: rejecting
-            # it sends it down the queue's own dead-letter exchange instead.
-            await acks.reject(tag, requeue=False)
-            return "dead_lettered"
-        except (*CONNECTION_ERRORS, aiormq.exceptions.AMQPError) as exc:
+                # Never ack a message whose copy the broker did not take: rejecting
+                # it sends it down the queue's own dead-letter exchange instead.
+                acks.reject(tag, requeue=False)
+                return "dead_lettered"
+            await acks.ack(tag)
+            return decision.outcome
+        except (*CONNECTION_ERRORS, amqp.AMQPError) as exc:
             log.warning("message.settle_failed", error=str(exc) or type(exc).__name__)
             return "redelivery_pending"
 
 
-async def _exists(conn: aio_pika.abc.AbstractConnection, kind: str, name: str) -> bool:
+async def _exists(conn: amqp.Connection, kind: str, name: str) -> bool:
     """Whether a queue or exchange exists (a passive declare, on a channel of its own)."""
-    ch = await (await conn.channel()).get_underlay_channel()
+    ch = await conn.channel()
     try:
         if kind == "queue":
             await ch.queue_declare(name, passive=True)
         else:
             await ch.exchange_declare(name, passive=True)
-    except aiormq.exceptions.ChannelNotFoundEntity:
+    except amqp.ChannelNotFound:
         return False
     await ch.close()
     return True

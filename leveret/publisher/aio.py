@@ -1,4 +1,4 @@
-"""The asyncio publisher, on aio-pika, for FastAPI and other asyncio apps."""
+"""The asyncio publisher, for FastAPI and other asyncio apps, on :mod:`leveret.amqp`."""
 
 from __future__ import annotations
 
@@ -6,18 +6,14 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
-import aio_pika
-import aiormq
-import aiormq.exceptions
 import structlog
-from pamqp import commands as spec
-from yarl import URL
 
-from leveret import connection, tracing, wire
+from leveret import amqp, connection, tracing, wire
 from leveret.errors import (
     AccessRefused,
     BrokerUnavailable,
@@ -37,23 +33,18 @@ from leveret.publisher.core import (
 
 log = structlog.get_logger(__name__)
 
-CONNECTION_ERRORS = (
-    aiormq.exceptions.AMQPConnectionError,
-    aiormq.exceptions.ChannelInvalidStateError,
-    ConnectionError,
-    OSError,
-    asyncio.TimeoutError,
-)
+CONNECTION_ERRORS = (amqp.ConnectionLost, OSError, TimeoutError)
+"""What a lost or unreachable broker raises: reconnect, or give up."""
 
 
-def amqp_properties(env: wire.Envelope, app_id: str | None = None) -> spec.Basic.Properties:
-    """The aiormq properties of an envelope."""
-    return spec.Basic.Properties(
+def amqp_properties(env: wire.Envelope, app_id: str | None = None) -> amqp.Properties:
+    """The AMQP properties of an envelope."""
+    return amqp.Properties(
         content_type=env.content_type,
         delivery_mode=2,
         message_id=env.message_id,
-        message_type=env.type,
-        timestamp=datetime.fromtimestamp(env.timestamp, UTC),
+        type=env.type,
+        timestamp=int(env.timestamp),
         correlation_id=env.correlation_id,
         headers=env.headers,
         app_id=app_id,
@@ -61,7 +52,7 @@ def amqp_properties(env: wire.Envelope, app_id: str | None = None) -> spec.Basic
 
 
 async def publish_on(
-    channel: aiormq.abc.AbstractChannel, env: wire.Envelope, properties: spec.Basic.Properties
+    channel: amqp.Channel, env: wire.Envelope, properties: amqp.Properties
 ) -> None:
     """Publish on a confirm channel and wait for the confirm; translate what can go wrong.
 
@@ -74,66 +65,53 @@ async def publish_on(
         AccessRefused: the user may not publish to the exchange.
     """
     try:
-        result = await channel.basic_publish(
+        await channel.basic_publish(
             env.body,
             exchange=env.exchange,
             routing_key=env.routing_key,
             properties=properties,
             mandatory=True,
         )
-    except aiormq.exceptions.PublishError as exc:
+    except amqp.Returned as exc:
         raise Unroutable(unroutable(env)) from exc
-    except aiormq.exceptions.DeliveryError as exc:
+    except amqp.Nacked as exc:
         raise NotConfirmed(f"broker nacked message {env.message_id}") from exc
-    except aiormq.exceptions.ChannelNotFoundEntity as exc:
+    except amqp.ChannelNotFound as exc:
         raise TopologyMissing(missing_exchange(env)) from exc
-    except aiormq.exceptions.ChannelAccessRefused as exc:
-        raise AccessRefused.from_reply(exc) from exc
-    except aiormq.exceptions.ChannelClosed as exc:
+    except amqp.ChannelAccessRefused as exc:
+        raise AccessRefused.from_reply(exc.text) from exc
+    except amqp.ChannelClosed as exc:
         raise NotConfirmed(f"channel closed by broker: {exc}") from exc
-    if not isinstance(result, spec.Basic.Ack):
-        raise Unroutable(unroutable(env))
 
 
-async def _open(conn: aio_pika.Connection) -> None:
-    try:
-        await conn.connect()
-    except BaseException:
-        # A half-made connection left to the garbage collector schedules its
-        # close() from __del__, on whatever thread that runs in: close it here.
-        with contextlib.suppress(Exception):
-            await conn.close()
-        raise
-
-
-async def connect(
-    urls: Sequence[str], *, name: str, attempts: int = 1
-) -> aio_pika.abc.AbstractConnection:
+async def connect(urls: Sequence[str], *, name: str, attempts: int = 1) -> amqp.Connection:
     """Connect to the first node that answers, trying each URL in turn.
 
     Raises:
-        BrokerUnavailable: no node answered, or the credentials were refused.
+        BrokerUnavailable: no node answered, or the credentials or the vhost were refused.
     """
     last: BaseException | None = None
     for _ in range(attempts):
         for url in urls:
-            conn = aio_pika.Connection(
-                URL(
-                    connection.without_tls_params(
-                        connection.with_query(url, heartbeat=connection.HEARTBEAT)
-                    )
-                ),
-                client_properties={"connection_name": name},
-                ssl_context=connection.tls_context(url),
-            )
+            query = dict(parse_qsl(urlsplit(url).query))
             try:
-                await _open(conn)
-                return conn
-            except aiormq.exceptions.ProbableAuthenticationError as exc:
+                return await amqp.connect(
+                    url,
+                    name=name,
+                    heartbeat=int(query.get("heartbeat", connection.HEARTBEAT)),
+                    ssl=connection.tls_context(url),
+                )
+            except amqp.AuthenticationFailed as exc:
                 raise BrokerUnavailable(
                     f"broker at {connection.redact(url)} refused the credentials"
                 ) from exc
-            except CONNECTION_ERRORS as exc:
+            except amqp.ConnectionLost as exc:
+                if exc.code == 530:  # NOT_ALLOWED: no such vhost, or not this user's
+                    raise BrokerUnavailable(
+                        f"broker at {connection.redact(url)} denied access to the vhost: {exc.text}"
+                    ) from exc
+                last = exc
+            except (OSError, TimeoutError) as exc:
                 last = exc
     raise BrokerUnavailable(
         connection.failure(urls, last) if last else connection.unreachable(urls)
@@ -163,8 +141,8 @@ class AsyncPublisher(PublisherCore):
         super().__init__(
             urls, max_size=max_size, reconnect_timeout=reconnect_timeout, app_id=app_id
         )
-        self._conn: aio_pika.abc.AbstractConnection | None = None
-        self._channel: aiormq.abc.AbstractChannel | None = None
+        self._conn: amqp.Connection | None = None
+        self._channel: amqp.Channel | None = None
         self._lock = asyncio.Lock()
 
     async def __aenter__(self) -> AsyncPublisher:
@@ -284,7 +262,7 @@ class AsyncPublisher(PublisherCore):
         """Close the connection; the publisher reconnects if used again."""
         await self._drop(self._channel)
 
-    async def _ensure_channel(self) -> aiormq.abc.AbstractChannel:
+    async def _ensure_channel(self) -> amqp.Channel:
         channel = self._channel
         if channel is not None and not channel.is_closed:
             return channel
@@ -293,21 +271,22 @@ class AsyncPublisher(PublisherCore):
                 return self._channel
             if self._conn is None or self._conn.is_closed:
                 try:
-                    self._conn = await connect(self.urls, name="leveret-publisher")
+                    conn = await connect(self.urls, name="leveret-publisher")
                 except BrokerUnavailable as exc:
                     raise ConnectionError(str(exc)) from exc
-                # aio-pika's is_closed only reflects close() calls, not a broker
-                # that dropped us: forget the connection as soon as it is gone.
-                self._conn.close_callbacks.add(self._forget)
-            aio_channel = await self._conn.channel(publisher_confirms=True, on_return_raises=True)
-            self._channel = await aio_channel.get_underlay_channel()
-            return self._channel
+                # Forget the connection as soon as it is gone, whoever closed it.
+                conn.close_callbacks.append(lambda _: self._forget(conn))
+                self._conn = conn
+            channel = await self._conn.channel()
+            await channel.confirm_select()
+            self._channel = channel
+            return channel
 
-    def _forget(self, conn: object, *_: object) -> None:
+    def _forget(self, conn: amqp.Connection) -> None:
         if conn is self._conn:
             self._conn, self._channel = None, None
 
-    async def _drop(self, channel: aiormq.abc.AbstractChannel | None) -> None:
+    async def _drop(self, channel: amqp.Channel | None) -> None:
         # Only the task that saw the failure of the current channel resets it;
         # others that failed on the same channel find a fresh one already.
         if channel is not None and channel is not self._channel:
