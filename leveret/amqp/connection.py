@@ -3,8 +3,10 @@
 Frames are read and dispatched in ``data_received``, synchronously: a
 delivery reaches its consumer's callback in the same pass of the event loop
 that read it, with no queue and no task between the socket and the callback.
-Writes go straight to the transport; a publisher waits in :meth:`drain` while
-the transport's buffer is full.
+Frames written in one pass of the loop (the acks of deliveries that finished
+together, a thousand tasks' publishes) go to the transport together at the
+end of the pass: one system call, not one each. A publisher waits in
+:meth:`drain` while the transport's buffer is full.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class Connection(asyncio.Protocol):
         self._opened: asyncio.Future[None] = self.loop.create_future()
         self._reader = codec.FrameReader()
         self._writable: asyncio.Future[None] | None = None
+        self._out: list[bytes] = []
         self._last_read = time.monotonic()
         self._beat: asyncio.TimerHandle | None = None
         self._closing = False
@@ -106,11 +109,21 @@ class Connection(asyncio.Protocol):
     # ------------------------------------------------------------ writing
 
     def write(self, data: bytes) -> None:
-        """Write frames; raise :class:`ConnectionLost` if the connection is gone."""
+        """Write frames (at the end of this pass of the loop, in order).
+
+        Raises:
+            ConnectionLost: the connection is gone.
+        """
         if self.closed.done():
             raise self.closed.result()
-        assert self.transport is not None
-        self.transport.write(data)
+        if not self._out:
+            self.loop.call_soon(self._flush)
+        self._out.append(data)
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     async def drain(self) -> None:
         """Wait while the transport's write buffer is over its high-water mark."""
@@ -231,6 +244,7 @@ class Connection(asyncio.Protocol):
             channel.gone(reason)
         self.channels.clear()
         if self.transport is not None:
+            self._flush()  # a close-ok still to go, say
             self.transport.close()
         for callback in self.close_callbacks:
             try:
