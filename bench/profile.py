@@ -28,7 +28,7 @@ from bench import common
 RATE = 250
 """py-spy samples per second."""
 
-LIBRARIES = ("structlog", "pydantic", "pamqp", "aiormq", "aio_pika")
+LIBRARIES = ("structlog", "pydantic", "pamqp")
 """Besides leveret's own functions, the inclusive time of these libraries' entry points."""
 
 

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str) -> Any:
     # The blocking publisher (pika) loads on first use: a worker talks through
-    # aio-pika only, and pika would add to every worker's memory.
+    # leveret.amqp only, and pika would add to every worker's memory.
     if name == "Publisher":
         from leveret.publisher.sync import Publisher
 

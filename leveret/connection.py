@@ -6,8 +6,8 @@ line or an error message goes through :func:`redact` first.
 
 TLS: an ``amqps://`` URL verifies the broker's certificate against the system's
 CAs, or against ``?cafile=/path/ca.pem``; ``certfile`` and ``keyfile`` add a
-client certificate. Both faces (pika and aio-pika) take the same
-:class:`ssl.SSLContext` from :func:`tls_context`.
+client certificate. Both faces (pika, and :mod:`leveret.amqp` for asyncio)
+take the same :class:`ssl.SSLContext` from :func:`tls_context`.
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def connect(
     Raises:
         BrokerUnavailable: no node could be reached or the credentials were refused.
     """
-    # Imported here: a worker talks through aio-pika only and need not load pika.
+    # Imported here: a worker talks through leveret.amqp only and need not load pika.
     import pika
     import pika.exceptions
 

@@ -1,8 +1,9 @@
 """Exceptions raised by leveret.
 
 Every exception leveret raises derives from :class:`LeveretError`, so one
-``except LeveretError`` catches them all. pika and aio-pika exceptions are
-translated at the adapter boundary (``raise ... from exc``) and never leak.
+``except LeveretError`` catches them all. pika's exceptions and those of
+leveret's asyncio AMQP client (:mod:`leveret.amqp`) are translated at the
+adapter boundary (``raise ... from exc``) and never leak.
 
     LeveretError
     ├── ConfigurationError          bad settings, a URL that cannot be parsed, an app not found

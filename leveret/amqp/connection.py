@@ -91,7 +91,7 @@ class Connection(asyncio.Protocol):
                     channel.on_frame(kind, payload)
         except (codec.FrameError, AMQPError, ValueError, KeyError) as exc:
             log.error("amqp.bad_frame", error=str(exc))
-            self._lost(ConnectionLost(f"unreadable frame from the broker: {exc}"))
+            self._lost(ConnectionLost(f"unreadable frame from the broker: {exc}"), abort=True)
 
     def connection_lost(self, exc: Exception | None) -> None:
         reason = f"connection lost: {exc}" if exc else "connection closed"
@@ -221,7 +221,7 @@ class Connection(asyncio.Protocol):
                 return
             if time.monotonic() - self._last_read > 2 * heartbeat:
                 log.warning("amqp.heartbeat_missed", heartbeat=heartbeat)
-                self._lost(ConnectionLost("no heartbeat from the broker"))
+                self._lost(ConnectionLost("no heartbeat from the broker"), abort=True)
                 return
             with contextlib.suppress(ConnectionLost):
                 self.write(codec.HEARTBEAT_FRAME)
@@ -231,7 +231,7 @@ class Connection(asyncio.Protocol):
 
     # ------------------------------------------------------------ ending
 
-    def _lost(self, reason: ConnectionLost) -> None:
+    def _lost(self, reason: ConnectionLost, *, abort: bool = False) -> None:
         if self.closed.done():
             return
         self.closed.set_result(reason)
@@ -244,8 +244,11 @@ class Connection(asyncio.Protocol):
             channel.gone(reason)
         self.channels.clear()
         if self.transport is not None:
-            self._flush()  # a close-ok still to go, say
-            self.transport.close()
+            if abort:  # nothing more to say to a broker that went silent or spoke garbage
+                self.transport.abort()
+            else:
+                self._flush()  # a close-ok still to go, say
+                self.transport.close()
         for callback in self.close_callbacks:
             try:
                 callback(reason)

@@ -1,8 +1,9 @@
-"""Publishers: :class:`Publisher` (blocking, pika) and :class:`AsyncPublisher` (asyncio, aio-pika).
+"""Publishers: :class:`Publisher` (blocking, pika) and :class:`AsyncPublisher` (asyncio).
 
 Both build the same envelope through :class:`~leveret.publisher.core.PublisherCore`,
 wait for the broker's confirm, and raise the same errors. :class:`Publisher` is
-imported on first use, so that a worker (aio-pika only) does not load pika.
+imported on first use, so that a worker (:mod:`leveret.amqp` only) does not
+load pika.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """What both publishers share: building the envelope and checking it.
 
 No I/O here. :class:`leveret.publisher.Publisher` (pika) and
-:class:`leveret.publisher.AsyncPublisher` (aio-pika) only send what
+:class:`leveret.publisher.AsyncPublisher` (:mod:`leveret.amqp`) only send what
 :meth:`PublisherCore.envelope` builds.
 """
 
