@@ -178,9 +178,16 @@ IDLE_WORKER = [
         "44.6 MiB",
         "no",
     ],
+    [
+        "after (commit 3b2e3bc): the worker talks AMQP through `leveret.amqp`, not aio-pika, "
+        "aiormq and yarl",
+        "41.6 MiB",
+        "no",
+    ],
 ]
 """``bench/worker_rss.py``'s figures, measured by hand before and after the CLI loaded its
-command modules lazily; they are not in the results file."""
+command modules lazily, and after the worker's AMQP client changed; they are not in the
+results file."""
 
 
 def idle_worker() -> list[str]:
@@ -192,7 +199,7 @@ def idle_worker() -> list[str]:
         "default) in a vhost of its own, lets it idle 3 s on the empty queue and reads its VmHWM "
         "from `/proc/PID/status`, five workers one after another; one more under "
         "`python -X importtime` lists what it imported. These figures were measured by hand on "
-        "the machine below (Python 3.11.7), before and after the change, and are not part of "
+        "the machine below (Python 3.11.7), before and after each change, and are not part of "
         "the results file:",
         "",
         "```sh",
