@@ -239,7 +239,11 @@ async def test_a_deleted_queue_ends_its_consumers_channel(
 ) -> None:
     ch = await conn.channel()
     ended = asyncio.get_running_loop().create_future()
-    ch.close_callbacks.append(ended.set_result)
+
+    def broken(error: amqp.AMQPError) -> None:
+        raise RuntimeError("a broken callback")
+
+    ch.close_callbacks += [broken, ended.set_result]  # the broken one does not stop the next
     await ch.basic_consume(queue, lambda d: None)
     with connection.connect(broker_url) as blocking:
         blocking.channel().queue_delete(queue)

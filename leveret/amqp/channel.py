@@ -25,6 +25,7 @@ from leveret.amqp.errors import (
     ConnectionLost,
     Nacked,
     Returned,
+    tell,
 )
 
 if TYPE_CHECKING:
@@ -335,8 +336,4 @@ class Channel:
             if not pending.future.done():
                 pending.future.set_exception(error)
         self._unconfirmed.clear()
-        for callback in self.close_callbacks:
-            try:
-                callback(error)
-            except Exception:  # a broken callback must not stop the others
-                log.exception("amqp.close_callback_failed")
+        tell(self.close_callbacks, error)

@@ -22,7 +22,7 @@ import structlog
 from pamqp import commands as spec
 
 from leveret.amqp import codec
-from leveret.amqp.errors import AMQPError, AuthenticationFailed, ConnectionLost
+from leveret.amqp.errors import AMQPError, AuthenticationFailed, ConnectionLost, tell
 
 if TYPE_CHECKING:
     import ssl
@@ -249,11 +249,7 @@ class Connection(asyncio.Protocol):
             else:
                 self._flush()  # a close-ok still to go, say
                 self.transport.close()
-        for callback in self.close_callbacks:
-            try:
-                callback(reason)
-            except Exception:  # a broken callback must not stop the others
-                log.exception("amqp.close_callback_failed")
+        tell(self.close_callbacks, reason)
 
     async def close(self) -> None:
         """Close the connection politely (``connection.close``), or abort it if that hangs."""

@@ -15,6 +15,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+import structlog
+
+log = structlog.get_logger(__name__)
+E = TypeVar("E", bound="AMQPError")
+
+
+def tell(callbacks: Iterable[Callable[[E], None]], error: E) -> None:
+    """Call each close callback with the error that ended a connection or channel."""
+    for callback in callbacks:
+        try:
+            callback(error)
+        except Exception:  # a broken callback must not stop the others
+            log.exception("amqp.close_callback_failed")
+
 
 class AMQPError(Exception):
     """Base of the client's errors."""
