@@ -96,6 +96,9 @@ def child(parent: TraceContext) -> TraceContext:
 
 def root() -> TraceContext:
     """A new trace: random trace-id and parent-id, sampled."""
+    ids = _random_hex(24)  # one read of the system's randomness for both
+    if ids[:32].strip("0") and ids[32:].strip("0"):
+        return TraceContext(ids[:32], ids[32:])
     return TraceContext(_random_hex(16), _random_hex(8))
 
 

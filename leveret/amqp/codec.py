@@ -390,14 +390,18 @@ def _properties(p: Properties) -> bytes:
 
 def _short(text: str) -> bytes:
     raw = text.encode()
-    if len(raw) > 255:
-        raise ValueError(f"a short string holds at most 255 bytes, not {len(raw)}")
-    return _u8.pack(len(raw)) + raw
+    n = len(raw)
+    if n > 255:
+        raise ValueError(f"a short string holds at most 255 bytes, not {n}")
+    return _LENGTH[n] + raw
+
+
+_LENGTH = [bytes((n,)) for n in range(256)]
 
 
 def encode_table(table: dict[str, Any]) -> bytes:
     """A field table: each key a short string, each value typed by its Python type."""
-    body = b"".join(_short(str(k)) + _encode_value(v) for k, v in table.items())
+    body = b"".join([_short(str(k)) + _encode_value(v) for k, v in table.items()])
     return _u32.pack(len(body)) + body
 
 
