@@ -72,10 +72,6 @@ class Properties:
 
 
 # Property flags, highest bit first, in the order the values follow on the wire.
-_SHORTSTR = (
-    (0x8000, "content_type"),
-    (0x4000, "content_encoding"),
-)
 _AFTER_PRIORITY = (
     (0x0400, "correlation_id"),
     (0x0200, "reply_to"),
@@ -194,48 +190,62 @@ def content_header(payload: memoryview) -> tuple[int, Properties]:
     _class, _weight, size, flags = _header_head.unpack_from(payload, 0)
     if flags & 1:
         raise FrameError("property flags continue past 16 bits, which basic does not have")
+    if not flags:
+        return size, Properties()
+    buf = bytes(payload)  # slicing bytes and decoding beats going through the view
     pos = 14
-    props = Properties()
-    if flags:
-        for bit, name in _SHORTSTR:
-            if flags & bit:
-                value, pos = _shortstr(payload, pos)
-                setattr(props, name, value)
-        if flags & 0x2000:
-            props.headers, pos = _table(payload, pos)
-        if flags & 0x1000:
-            props.delivery_mode = payload[pos]
+    values: list[Any] = []
+    for bit, kind in _PROPERTY_KINDS:
+        if not flags & bit:
+            values.append(None)
+        elif kind == _TEXT:
+            end = pos + 1 + buf[pos]
+            values.append(buf[pos + 1 : end].decode("utf-8", "replace"))
+            pos = end
+        elif kind == _OCTET:
+            values.append(buf[pos])
             pos += 1
-        if flags & 0x0800:
-            props.priority = payload[pos]
-            pos += 1
-        for bit, name in _AFTER_PRIORITY:
-            if flags & bit:
-                value, pos = _shortstr(payload, pos)
-                setattr(props, name, value)
-        if flags & 0x0040:
-            props.timestamp = _u64.unpack_from(payload, pos)[0]
+        elif kind == _STAMP:
+            values.append(_u64.unpack_from(buf, pos)[0])
             pos += 8
-        for bit, name in _AFTER_TIMESTAMP:
-            if flags & bit:
-                value, pos = _shortstr(payload, pos)
-                setattr(props, name, value)
-    return size, props
+        else:
+            table, pos = _table(buf, pos)
+            values.append(table)
+    return size, Properties(*values)
 
 
-def _shortstr(buf: memoryview, pos: int) -> tuple[str, int]:
+_TEXT, _TABLE, _OCTET, _STAMP = range(4)
+_PROPERTY_KINDS = (  # the flag bit and kind of each property, in Properties' field order
+    (0x8000, _TEXT),
+    (0x4000, _TEXT),
+    (0x2000, _TABLE),
+    (0x1000, _OCTET),
+    (0x0800, _OCTET),
+    (0x0400, _TEXT),
+    (0x0200, _TEXT),
+    (0x0100, _TEXT),
+    (0x0080, _TEXT),
+    (0x0040, _STAMP),
+    (0x0020, _TEXT),
+    (0x0010, _TEXT),
+    (0x0008, _TEXT),
+    (0x0004, _TEXT),
+)
+
+
+def _shortstr(buf: bytes | memoryview, pos: int) -> tuple[str, int]:
     n = buf[pos]
     end = pos + 1 + n
     return str(buf[pos + 1 : end], "utf-8", "replace"), end
 
 
-def _longstr(buf: memoryview, pos: int) -> tuple[bytes, int]:
+def _longstr(buf: bytes | memoryview, pos: int) -> tuple[bytes, int]:
     n = _u32.unpack_from(buf, pos)[0]
     end = pos + 4 + n
     return bytes(buf[pos + 4 : end]), end
 
 
-def _table(buf: memoryview, pos: int) -> tuple[dict[str, Any], int]:
+def _table(buf: bytes | memoryview, pos: int) -> tuple[dict[str, Any], int]:
     n = _u32.unpack_from(buf, pos)[0]
     pos += 4
     end = pos + n
@@ -246,7 +256,7 @@ def _table(buf: memoryview, pos: int) -> tuple[dict[str, Any], int]:
     return table, end
 
 
-def _value(buf: memoryview, pos: int) -> tuple[Any, int]:
+def _value(buf: bytes | memoryview, pos: int) -> tuple[Any, int]:
     kind = buf[pos]
     pos += 1
     if kind == 0x53:  # S: long string, text where it decodes
