@@ -322,7 +322,9 @@ class Channel:
 
     def _check(self) -> None:
         if self.error is not None:
-            raise self.error
+            # The same error each time, its traceback reset so that raising it
+            # again and again does not grow one.
+            raise self.error.with_traceback(None)
 
     def gone(self, error: AMQPError) -> None:
         """The channel ended: fail everything waiting on it and tell the callbacks."""

@@ -115,7 +115,7 @@ class Connection(asyncio.Protocol):
             ConnectionLost: the connection is gone.
         """
         if self.closed.done():
-            raise self.closed.result()
+            raise self._gone()
         if not self._out:
             self.loop.call_soon(self._flush)
         self._out.append(data)
@@ -125,6 +125,10 @@ class Connection(asyncio.Protocol):
         if out and self.transport is not None and not self.transport.is_closing():
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
+    def _gone(self) -> ConnectionLost:
+        # Raised by every later call: its traceback is reset, or each raise would grow it.
+        return self.closed.result().with_traceback(None)
+
     async def drain(self) -> None:
         """Wait while the transport's write buffer is over its high-water mark."""
         waiter = self._writable
@@ -132,7 +136,7 @@ class Connection(asyncio.Protocol):
             waiting: list[asyncio.Future[Any]] = [waiter, self.closed]
             await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         if self.closed.done():
-            raise self.closed.result()
+            raise self._gone()
 
     # ------------------------------------------------------------ channels
 
@@ -141,7 +145,7 @@ class Connection(asyncio.Protocol):
         from leveret.amqp.channel import Channel
 
         if self.is_closed:
-            raise self.closed.result() if self.closed.done() else ConnectionLost("closing")
+            raise self._gone() if self.closed.done() else ConnectionLost("closing")
         number = self._next_channel
         while number in self.channels:
             number = number % 2047 + 1
