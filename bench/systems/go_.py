@@ -78,8 +78,10 @@ class System(Base):
             "BENCH_WINDOW": str(window),
             "BENCH_PAD": str(pad),
         }
+        # A few seconds' work: a publisher stuck on a lost connection is cut short
+        # and the measurement run again, rather than holding the run for long.
         proc = subprocess.run(
-            [str(BINARY), "publish"], env=env, capture_output=True, text=True, timeout=600
+            [str(BINARY), "publish"], env=env, capture_output=True, text=True, timeout=120
         )
         if proc.returncode != 0:
             raise RuntimeError(f"bench-go publish failed: {proc.stderr.strip()[-500:]}")
