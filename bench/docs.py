@@ -52,7 +52,7 @@ def fixed(data: dict[str, Any]) -> list[str]:
     client = _share(drain_prof, "leveret.amqp") if drain_prof else None
     client_text = (
         f" Under the profiler the client is now {client:.0%} of the worker's busy time "
-        "(aiormq and pamqp were 35% of it, and asyncio 30%, in the previous full run)."
+        "(aiormq and pamqp were 35% of it, and asyncio 30%, in the last full run on aiormq)."
         if client is not None and busy
         else ""
     )
@@ -72,7 +72,7 @@ def fixed(data: dict[str, Any]) -> list[str]:
         "silent intervals close the connection), a channel closed by the broker failing only "
         "what waited on it, and a consumer cancelled by the broker ending its channel so the "
         "worker starts over (`tests/test_amqp.py` checks each against the broker, and its "
-        "frames against pamqp's). A drain went from 4,737 msg/s in the previous full run to "
+        "frames against pamqp's). A drain went from 4,737 msg/s in the last full run on aiormq to "
         f"{lev_d or float('nan'):,.0f} here ({_ratio(lev_d, pika_d)} raw pika's), and 1000 "
         f"concurrent `AsyncPublisher.publish` calls from 7,047 to {conc or float('nan'):,.0f} "
         f"msg/s ({_ratio(conc, go_b)} the Go client's pipelined confirms; raw aio-pika "
