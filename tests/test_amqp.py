@@ -259,7 +259,8 @@ async def test_a_deleted_queue_ends_its_consumers_channel(
 
 async def test_refused_credentials_vhost_and_port(broker_url: str) -> None:
     parts = urlsplit(broker_url)
-    wrong = urlunsplit(parts._replace(netloc=f"guest:wrong@{parts.hostname}:{parts.port or 5672}"))
+    host = f"{parts.hostname}:{parts.port or 5672}"
+    wrong = urlunsplit(parts._replace(netloc=f"{parts.username}:not-{parts.password}@{host}"))
     with pytest.raises(amqp.AuthenticationFailed, match="ACCESS_REFUSED"):
         await amqp.connect(wrong, name="t", heartbeat=30)
     novhost = urlunsplit(parts._replace(path="/no-such-vhost-for-leveret"))
@@ -269,8 +270,11 @@ async def test_refused_credentials_vhost_and_port(broker_url: str) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # bound, not listening: refused
+        closed_port = urlunsplit(
+            parts._replace(netloc=f"{parts.username}:{parts.password}@127.0.0.1:{port}")
+        )
         with pytest.raises(OSError):
-            await amqp.connect(f"amqp://guest:guest@127.0.0.1:{port}/", name="t", heartbeat=30)
+            await amqp.connect(closed_port, name="t", heartbeat=30)
 
 
 async def test_a_silent_broker_is_noticed_after_two_heartbeats(queue: str) -> None:
