@@ -19,7 +19,6 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from leveret import admin, wire
 from leveret.errors import NotConfirmed
-from leveret.publisher.sync import pika_properties
 from leveret.topology import dead_letter_queue
 
 log = structlog.get_logger(__name__)
@@ -35,6 +34,20 @@ _RESET = (
     wire.FAILED_BY,
     wire.FAILED_QUEUE,
 )
+
+
+def pika_properties(env: wire.Envelope, app_id: str | None = None) -> pika.BasicProperties:
+    """The pika properties of an envelope (what a requeue publishes)."""
+    return pika.BasicProperties(
+        content_type=env.content_type,
+        delivery_mode=pika.DeliveryMode.Persistent,
+        message_id=env.message_id,
+        type=env.type,
+        timestamp=env.timestamp,
+        correlation_id=env.correlation_id,
+        headers=env.headers,
+        app_id=app_id,
+    )
 
 
 def replay_copy(queue: str, props: pika.BasicProperties, body: bytes) -> wire.Envelope:

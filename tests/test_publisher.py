@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -98,6 +99,25 @@ def test_unreachable_broker_raises_after_the_reconnect_timeout() -> None:
     ):
         pub.publish(Task(n=1), exchange="x")
     assert "pw@" not in str(caught.value)
+
+
+async def test_refused_credentials_are_named_when_both_faces_give_up(pipeline: Pipeline) -> None:
+    """Retried (the user may not exist yet), then reported as refused, not as unreachable."""
+    parts = urlsplit(pipeline.url)
+    wrong = urlunsplit(
+        parts._replace(
+            netloc=f"{parts.username}:not-{parts.password}@{parts.hostname}:{parts.port}"
+        )
+    )
+    with (
+        Publisher(wrong, reconnect_timeout=0.5) as pub,
+        pytest.raises(BrokerUnavailable, match="refused the credentials") as caught,
+    ):
+        pub.publish(Task(n=1), exchange=pipeline.exchange)
+    assert f"not-{parts.password}" not in str(caught.value)
+    async with AsyncPublisher(wrong, reconnect_timeout=0.5) as apub:
+        with pytest.raises(BrokerUnavailable, match="refused the credentials"):
+            await apub.publish(Task(n=1), exchange=pipeline.exchange)
 
 
 async def test_async_publisher_pipelines_concurrent_confirms(pipeline: Pipeline) -> None:

@@ -18,8 +18,8 @@ import structlog
 from leveret import amqp, tracing, wire
 from leveret.errors import ConfigurationError, LeveretError, Unroutable
 from leveret.messages import Message
-from leveret.publisher.aio import amqp_properties, publish_on
-from leveret.publisher.core import PublisherCore
+from leveret.publisher.aio import publish_on
+from leveret.publisher.core import PublisherCore, amqp_properties
 from leveret.status.events import BATCH_TYPE, JobStatus, Then, timestamp
 
 log = structlog.get_logger(__name__)

@@ -24,7 +24,6 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from leveret import admin, dlq, wire
 from leveret.errors import NotConfirmed
-from leveret.publisher.sync import pika_properties
 from leveret.topology import dead_letter_queue
 
 log = structlog.get_logger(__name__)
@@ -327,7 +326,7 @@ def _publish_copy(
     """Publish the replay copy of a dead letter to ``queue`` and wait for its confirm."""
     copy = dlq.replay_copy(queue, props, body)
     try:
-        pub.basic_publish("", queue, body, pika_properties(copy, props.app_id), mandatory=True)
+        pub.basic_publish("", queue, body, dlq.pika_properties(copy, props.app_id), mandatory=True)
     except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
         raise NotConfirmed(f"replay of {props.message_id} to {queue!r} was not confirmed") from exc
 

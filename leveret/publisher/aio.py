@@ -26,7 +26,9 @@ from leveret.publisher.core import (
     DEFAULT_MAX_SIZE,
     RECONNECT_TIMEOUT,
     PublisherCore,
+    amqp_properties,
     envelopes,
+    gave_up,
     missing_exchange,
     unroutable,
 )
@@ -35,20 +37,6 @@ log = structlog.get_logger(__name__)
 
 CONNECTION_ERRORS = (amqp.ConnectionLost, OSError, TimeoutError)
 """What a lost or unreachable broker raises: reconnect, or give up."""
-
-
-def amqp_properties(env: wire.Envelope, app_id: str | None = None) -> amqp.Properties:
-    """The AMQP properties of an envelope."""
-    return amqp.Properties(
-        content_type=env.content_type,
-        delivery_mode=2,
-        message_id=env.message_id,
-        type=env.type,
-        timestamp=int(env.timestamp),
-        correlation_id=env.correlation_id,
-        headers=env.headers,
-        app_id=app_id,
-    )
 
 
 async def publish_on(
@@ -251,7 +239,7 @@ class AsyncPublisher(PublisherCore):
             except CONNECTION_ERRORS as exc:
                 await self._drop(channel)
                 if time.monotonic() + delay > deadline:
-                    raise BrokerUnavailable(connection.unreachable(self.urls)) from exc
+                    raise gave_up(self.urls, exc) from exc
                 log.warning(
                     "publisher.reconnecting", error=type(exc).__name__, retry_in=round(delay, 2)
                 )

@@ -1,8 +1,8 @@
 """What both publishers share: building the envelope and checking it.
 
-No I/O here. :class:`leveret.publisher.Publisher` (pika) and
+No I/O here. :class:`leveret.publisher.Publisher` (:mod:`leveret.amqp.blocking`) and
 :class:`leveret.publisher.AsyncPublisher` (:mod:`leveret.amqp`) only send what
-:meth:`PublisherCore.envelope` builds.
+:meth:`PublisherCore.envelope` builds, with :func:`amqp_properties`.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from leveret import connection, tracing, wire
+from leveret import amqp, connection, tracing, wire
 from leveret import delay as leveret_delay
-from leveret.errors import ConfigurationError, MessageTooLarge
+from leveret.errors import BrokerUnavailable, ConfigurationError, MessageTooLarge
 from leveret.messages import Message
 
 DEFAULT_MAX_SIZE = wire.DEFAULT_MAX_SIZE
@@ -141,11 +141,36 @@ class PublisherCore:
         )
 
 
+def amqp_properties(env: wire.Envelope, app_id: str | None = None) -> amqp.Properties:
+    """The AMQP properties of an envelope."""
+    return amqp.Properties(
+        content_type=env.content_type,
+        delivery_mode=2,
+        message_id=env.message_id,
+        type=env.type,
+        timestamp=int(env.timestamp),
+        correlation_id=env.correlation_id,
+        headers=env.headers,
+        app_id=app_id,
+    )
+
+
 def envelopes(
     core: PublisherCore, messages: Iterable[Message], **options: Any
 ) -> list[wire.Envelope]:
     """The envelopes of ``messages``, all with the same options (``publish_many``)."""
     return [core.envelope(m, **options) for m in messages]
+
+
+def gave_up(urls: Sequence[str], cause: BaseException | None) -> BrokerUnavailable:
+    """The error of a publish that stopped reconnecting: the broker's refusal if that was
+    the last thing that happened (a wrong password, a vhost not there yet), else unreachable.
+    """
+    while cause is not None:
+        if isinstance(cause, BrokerUnavailable):
+            return BrokerUnavailable(str(cause))
+        cause = cause.__cause__
+    return BrokerUnavailable(connection.unreachable(urls))
 
 
 def unroutable(env: wire.Envelope) -> str:

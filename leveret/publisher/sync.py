@@ -1,11 +1,10 @@
-"""The blocking publisher, on pika, for threaded web apps (Flask, Django).
+"""The blocking publisher, for threaded web apps (Flask, Django).
 
-One connection per :class:`Publisher`, owned by an I/O thread that runs pika's
-``SelectConnection``. A caller hands its messages to that thread and waits for
-their confirms only: many threads publishing at once, or one thread calling
-:meth:`Publisher.publish_many`, have their confirms pipelined on one channel
-instead of waiting for each other's round trips. The same thread sends the
-heartbeats of an idle connection.
+One connection per :class:`Publisher`, a :class:`leveret.amqp.blocking.ConfirmLink`
+driven by the threads that publish: many threads publishing at once, or one
+thread calling :meth:`Publisher.publish_many`, have their confirms pipelined on
+one channel instead of waiting for each other's round trips. A daemon thread
+sends the heartbeats of an idle connection.
 """
 
 from __future__ import annotations
@@ -18,13 +17,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
-import pika
-import pika.exceptions
-import pika.spec
 import structlog
 
-from leveret import connection, tracing, wire
+from leveret import amqp, connection, tracing, wire
+from leveret.amqp.blocking import ConfirmLink
 from leveret.errors import (
     AccessRefused,
     BrokerUnavailable,
@@ -38,7 +36,9 @@ from leveret.publisher.core import (
     DEFAULT_MAX_SIZE,
     RECONNECT_TIMEOUT,
     PublisherCore,
+    amqp_properties,
     envelopes,
+    gave_up,
     missing_exchange,
     unroutable,
 )
@@ -46,25 +46,11 @@ from leveret.publisher.core import (
 log = structlog.get_logger(__name__)
 
 OPEN_TIMEOUT = 15.0
-"""Seconds to open a connection and its confirm channel before trying again."""
+"""Seconds to open a connection and its confirm channel before trying another node."""
 _CLOSE_TIMEOUT = 5.0
 _KEEPALIVE = connection.HEARTBEAT / 3
 _REPUBLISH_LIMIT = 3
 """Times a message is republished after a channel closed over another message's error."""
-
-
-def pika_properties(env: wire.Envelope, app_id: str | None = None) -> pika.BasicProperties:
-    """The pika properties of an envelope."""
-    return pika.BasicProperties(
-        content_type=env.content_type,
-        delivery_mode=pika.DeliveryMode.Persistent,
-        message_id=env.message_id,
-        type=env.type,
-        timestamp=env.timestamp,
-        correlation_id=env.correlation_id,
-        headers=env.headers,
-        app_id=app_id,
-    )
 
 
 class _Lost(Exception):
@@ -76,7 +62,7 @@ class _Pending:
 
     __slots__ = ("baton", "done", "env", "error", "event", "properties", "republished", "returned")
 
-    def __init__(self, env: wire.Envelope, properties: pika.BasicProperties) -> None:
+    def __init__(self, env: wire.Envelope, properties: amqp.Properties) -> None:
         self.env = env
         self.properties = properties
         self.done = False
@@ -94,19 +80,19 @@ class _Pending:
 class _Link:
     """One connection and its confirm channel, driven by the threads that wait on it.
 
-    pika's ``SelectConnection`` is not thread-safe, so one thread at a time
-    "pumps" it (holds ``_pump`` and runs its I/O loop) until its own messages are
-    confirmed, settling everyone else's confirms on the way; then it hands the
-    pump to a waiting thread. A lone caller thus does its own I/O, as with a
-    ``BlockingConnection``, while concurrent callers share one channel with
-    their confirms pipelined. A daemon thread pumps now and then while nobody
-    publishes, for the heartbeats.
+    A :class:`ConfirmLink` is not thread-safe, so one thread at a time "pumps"
+    it (holds ``_pump`` and does its I/O) until its own messages are confirmed,
+    settling everyone else's confirms on the way; then it hands the pump to a
+    waiting thread. A lone caller thus does its own I/O, with no thread
+    between it and the socket, while concurrent callers share one channel
+    with their confirms pipelined. A daemon thread pumps now and then while
+    nobody publishes, for the heartbeats.
 
     Every ``_on_*`` and ``_io_*`` method runs on the pumping thread.
     """
 
-    def __init__(self, params: list[pika.URLParameters]) -> None:
-        self.params = params
+    def __init__(self, urls: Sequence[str]) -> None:
+        self.urls = urls
         self.closed = False
         self._state = threading.Lock()
         self._pump = threading.Lock()
@@ -114,12 +100,7 @@ class _Link:
         self._inbox: collections.deque[_Pending] = collections.deque()
         self._unconfirmed: dict[int, _Pending] = {}
         self._seq = 0
-        self._conn: pika.SelectConnection | None = None
-        self._channel: Any = None
-        self._opening = False
-        self._opened = False
-        self._loop_closed = False
-        self._error: BaseException | None = None
+        self._conn: ConfirmLink | None = None
 
     # --- the callers' side ---------------------------------------------------------------
 
@@ -127,30 +108,45 @@ class _Link:
         """Connect to the first node that answers and open the confirm channel.
 
         Raises:
-            _Lost: no node answered.
+            _Lost: no node answered, or each refused the credentials or the vhost
+                (the broker's refusal is its cause).
         """
-        for params in self.params:
-            self._error = None
-            conn = pika.SelectConnection(
-                params,
-                on_open_callback=self._on_open,
-                on_open_error_callback=self._on_open_error,
-                on_close_callback=self._on_closed,
-            )
-            self._conn = conn
-            timer = conn.ioloop.call_later(OPEN_TIMEOUT, self._on_open_timeout)
-            conn.ioloop.start()  # until the channel is ready, or the connection failed
-            conn.ioloop.remove_timeout(timer)
-            if self._error is None and self._channel is not None:
-                self._opened = True
-                conn.ioloop.activate_poller()  # from now on, callers poll it
+        error: BaseException | None = None
+        for url in self.urls:
+            query = dict(parse_qsl(urlsplit(url).query))
+            try:
+                self._conn = ConfirmLink.open(
+                    url,
+                    name="leveret-publisher",
+                    heartbeat=int(query.get("heartbeat", connection.HEARTBEAT)),
+                    tls=connection.tls_context(url),
+                    timeout=OPEN_TIMEOUT,
+                    on_confirm=self._on_confirm,
+                    on_return=self._on_return,
+                    on_channel_closed=self._on_channel_closed,
+                    on_ready=self._io_drain,
+                )
+            except amqp.AuthenticationFailed as exc:
+                error = BrokerUnavailable(
+                    f"broker at {connection.redact(url)} refused the credentials"
+                )
+                error.__cause__ = exc
+            except amqp.ConnectionLost as exc:
+                error = exc
+                if exc.code == 530:  # NOT_ALLOWED: no such vhost, or not this user's
+                    error = BrokerUnavailable(
+                        f"broker at {connection.redact(url)} denied access to the vhost: {exc.text}"
+                    )
+                    error.__cause__ = exc
+            except (amqp.AMQPError, OSError, TimeoutError) as exc:
+                error = exc
+            else:
                 threading.Thread(
                     target=self._keep_alive, name="leveret-publisher-heartbeat", daemon=True
                 ).start()
                 return
-            _discard(conn)
         self.closed = True
-        raise _Lost(str(self._error) or type(self._error).__name__)
+        raise _Lost(str(error) or type(error).__name__) from error
 
     def submit(self, items: Sequence[_Pending]) -> None:
         """Queue messages for the channel; :meth:`wait` sees them confirmed."""
@@ -162,7 +158,7 @@ class _Link:
             if self._pump.locked():
                 # Wake the thread in the I/O loop to publish them. Otherwise the
                 # caller publishes them itself when it takes the pump in wait().
-                self._conn.ioloop.add_callback_threadsafe(self._io_drain)
+                self._conn.wake()
 
     def wait(self, item: _Pending) -> None:
         """Return once ``item`` is confirmed or failed, pumping the connection when free."""
@@ -196,41 +192,24 @@ class _Link:
         if not self._pump.acquire(timeout=_CLOSE_TIMEOUT):
             return
         try:
-            conn = self._conn
-            if conn is None or self.closed:
-                return
-            if conn.is_open:
-                conn.close()
-            deadline = time.monotonic() + _CLOSE_TIMEOUT
-            while not self.closed and time.monotonic() < deadline:
-                conn.ioloop.poll()
-                conn.ioloop.process_timeouts()
-            self._close_loop()
+            if self._conn is not None and not self.closed:
+                self._conn.close(_CLOSE_TIMEOUT)
+                self._fail_all(_Lost("connection closed"))
         finally:
             self._pump.release()
             self._hand_over()
 
     def _pump_until(self, item: _Pending) -> None:
-        assert self._conn is not None
-        ioloop = self._conn.ioloop
+        conn = self._conn
+        assert conn is not None
         self._io_drain()
-        while not item.done and not self.closed:
-            ioloop.poll()
-            ioloop.process_timeouts()
-            if self._inbox:
-                self._io_drain()
-        if self.closed:
-            self._close_loop()
-
-    def _close_loop(self) -> None:
-        # Only by a thread holding the pump, once the connection is gone: the
-        # loop holds file descriptors (its poller and its wake-up socket pair).
-        if self._loop_closed or self._conn is None:
-            return
-        self._loop_closed = True
-        with contextlib.suppress(Exception):
-            self._conn.ioloop.deactivate_poller()
-            self._conn.ioloop.close()
+        try:
+            while not item.done and not self.closed:
+                conn.pump(_KEEPALIVE)
+                if self._inbox:
+                    self._io_drain()
+        except amqp.ConnectionLost as exc:
+            self._fail_all(_Lost(str(exc)))
 
     def _hand_over(self) -> None:
         """Wake one thread whose message is still on its way, to pump in its turn."""
@@ -243,7 +222,7 @@ class _Link:
                     return
 
     def _keep_alive(self) -> None:
-        # Nobody polls an idle connection: without this, no heartbeats are sent
+        # Nobody pumps an idle connection: without this, no heartbeats are sent
         # and a broker that went away goes unnoticed until the next publish.
         while not self.closed:
             time.sleep(_KEEPALIVE)
@@ -251,104 +230,61 @@ class _Link:
                 continue
             try:
                 assert self._conn is not None
-                self._conn.ioloop.add_callback_threadsafe(_nothing)  # poll returns at once
-                self._conn.ioloop.poll()
-                self._conn.ioloop.process_timeouts()
-            except Exception as exc:  # a broken loop: the next publish reconnects
-                log.debug("publisher.keepalive_failed", error=type(exc).__name__)
+                self._conn.pump(0)
+            except amqp.ConnectionLost as exc:  # the next publish reconnects
+                log.debug("publisher.keepalive_failed", error=str(exc))
                 self._fail_all(_Lost(str(exc)))
             finally:
-                if self.closed:
-                    self._close_loop()
                 self._pump.release()
                 self._hand_over()
-
-    # --- opening -------------------------------------------------------------------------
-
-    def _on_open(self, conn: pika.SelectConnection) -> None:
-        self._opening = True
-        conn.channel(on_open_callback=self._on_channel)
-
-    def _on_channel(self, channel: Any) -> None:
-        channel.add_on_return_callback(self._on_return)
-        channel.add_on_close_callback(self._on_channel_closed)
-        channel.confirm_delivery(self._on_confirm, callback=lambda _frame: self._ready(channel))
-
-    def _ready(self, channel: Any) -> None:
-        self._channel, self._seq, self._opening = channel, 0, False
-        if not self._opened:  # open() runs the loop until now
-            assert self._conn is not None
-            self._conn.ioloop.stop()
-        else:
-            self._io_drain()
-
-    def _on_open_error(self, conn: pika.SelectConnection, exc: BaseException) -> None:
-        self._error = exc
-        conn.ioloop.stop()
-
-    def _on_open_timeout(self) -> None:
-        self._error = TimeoutError(f"no confirm channel within {OPEN_TIMEOUT}s")
-        assert self._conn is not None
-        self._conn.ioloop.stop()
 
     # --- the pumping thread --------------------------------------------------------------
 
     def _io_drain(self) -> None:
-        channel = self._channel
-        if channel is None or not channel.is_open:
-            self._io_reopen()
-            return
+        conn = self._conn
+        if conn is None or not conn.ready:
+            return  # the channel reopening: on_ready drains
         inbox, unconfirmed = self._inbox, self._unconfirmed
         while inbox:
             item = inbox.popleft()
             env = item.env
             try:
-                channel.basic_publish(
+                conn.publish(
                     env.exchange, env.routing_key, env.body, item.properties, mandatory=True
                 )
-            except (pika.exceptions.AMQPError, OSError) as exc:
+            except amqp.ConnectionLost:
                 inbox.appendleft(item)
-                log.debug("publisher.publish_failed", error=type(exc).__name__)
-                return  # the close callbacks settle or republish what is left
+                return  # the pump raises it next and fails what is left
+            except ValueError as exc:  # a name over 255 bytes: this message only
+                _settle(item, NotConfirmed(f"cannot publish message {env.message_id}: {exc}"))
+                continue
             self._seq += 1
             unconfirmed[self._seq] = item
 
-    def _io_reopen(self) -> None:
-        conn = self._conn
-        if self._opening or conn is None or not conn.is_open:
-            return
-        self._opening = True
-        conn.channel(on_open_callback=self._on_channel)
-
-    def _on_confirm(self, frame: Any) -> None:
-        method = frame.method
-        nacked = isinstance(method, pika.spec.Basic.Nack)
-        tag = method.delivery_tag
+    def _on_confirm(self, tag: int, multiple: bool, ack: bool) -> None:
         unconfirmed = self._unconfirmed
-        if method.multiple:
+        if multiple:
             done = [t for t in unconfirmed if t <= tag]
         else:
             done = [tag] if tag in unconfirmed else []
         for t in done:
             item = unconfirmed.pop(t)
-            if nacked:
+            if not ack:
                 _settle(item, NotConfirmed(f"broker nacked message {item.env.message_id}"))
             elif item.returned:
                 _settle(item, Unroutable(unroutable(item.env)))
             else:
                 _settle(item, None)
 
-    def _on_return(self, _channel: Any, _method: Any, properties: Any, _body: bytes) -> None:
+    def _on_return(self, message_id: str | None) -> None:
         # The broker sends basic.return before the basic.ack of the same message.
         for item in self._unconfirmed.values():
-            if item.env.message_id == properties.message_id and not item.returned:
+            if item.env.message_id == message_id and not item.returned:
                 item.returned = True
                 return
 
-    def _on_channel_closed(self, channel: Any, reason: BaseException) -> None:
-        if channel is self._channel:
-            self._channel = None
-        self._opening = False
+    def _on_channel_closed(self, reason: amqp.ChannelClosed) -> None:
+        self._seq = 0
         items = list(self._unconfirmed.values())
         self._unconfirmed.clear()
         again: list[_Pending] = []
@@ -362,19 +298,6 @@ class _Link:
             else:
                 _settle(item, error or _closed_error(item, reason))
         self._inbox.extendleft(reversed(again))
-        if not self._opened:
-            self._error = reason
-            assert self._conn is not None
-            self._conn.ioloop.stop()
-        elif self._inbox:
-            self._io_reopen()
-
-    def _on_closed(self, conn: pika.SelectConnection, reason: BaseException) -> None:
-        self._error = self._error or reason
-        if not self._opened:
-            conn.ioloop.stop()
-            return
-        self._fail_all(_Lost(str(reason)))
 
     def _fail_all(self, error: BaseException) -> None:
         with self._state:
@@ -386,43 +309,21 @@ class _Link:
             _settle(item, error)
 
 
-def _nothing() -> None:
-    pass
-
-
-def _discard(conn: pika.SelectConnection) -> None:
-    """Close a connection that failed to open, and its loop (the loop holds file descriptors)."""
-    if not conn.is_closed:
-        try:
-            conn.close()
-        except Exception:  # closing what failed to open: nothing more to do
-            pass
-        else:
-            timer = conn.ioloop.call_later(_CLOSE_TIMEOUT, conn.ioloop.stop)
-            conn.ioloop.start()  # until _on_closed stops it
-            conn.ioloop.remove_timeout(timer)
-    with contextlib.suppress(Exception):
-        conn.ioloop.close()
-
-
-def _channel_error(item: _Pending, reason: BaseException) -> LeveretError | _Lost | None:
+def _channel_error(item: _Pending, reason: amqp.ChannelClosed) -> LeveretError | None:
     """The error a closed channel means for a message, or None: it was not the cause."""
-    if not isinstance(reason, pika.exceptions.ChannelClosedByBroker):
-        return _Lost(str(reason))
-    names_it = f"'{item.env.exchange}'" in reason.reply_text
-    if reason.reply_code == 404:
+    names_it = f"'{item.env.exchange}'" in reason.text
+    if reason.code == 404:
         return TopologyMissing(missing_exchange(item.env)) if names_it else None
-    if reason.reply_code == 403:
-        return AccessRefused.from_reply(reason.reply_text) if names_it else None
-    return NotConfirmed(f"channel closed by broker: {reason.reply_text}")
+    if reason.code == 403:
+        return AccessRefused.from_reply(reason.text) if names_it else None
+    return NotConfirmed(f"channel closed by broker: {reason.text}")
 
 
-def _closed_error(item: _Pending, reason: BaseException) -> LeveretError:
-    if isinstance(reason, pika.exceptions.ChannelClosedByBroker):
-        if reason.reply_code == 404:
-            return TopologyMissing(missing_exchange(item.env))
-        if reason.reply_code == 403:
-            return AccessRefused.from_reply(reason.reply_text)
+def _closed_error(item: _Pending, reason: amqp.ChannelClosed) -> LeveretError:
+    if reason.code == 404:
+        return TopologyMissing(missing_exchange(item.env))
+    if reason.code == 403:
+        return AccessRefused.from_reply(reason.text)
     return NotConfirmed(f"channel closed: {reason}")
 
 
@@ -575,7 +476,7 @@ class Publisher(PublisherCore):
         A message whose connection was lost before its confirm is published
         again with the same id: a duplicate is possible, a loss is not.
         """
-        items = [_Pending(env, pika_properties(env, self.app_id)) for env in envs]
+        items = [_Pending(env, amqp_properties(env, self.app_id)) for env in envs]
         deadline = time.monotonic() + self.reconnect_timeout
         delay = 0.1
         first_error: LeveretError | None = None
@@ -602,7 +503,7 @@ class Publisher(PublisherCore):
                 break
             self._drop(link)
             if time.monotonic() + delay > deadline:
-                unavailable = BrokerUnavailable(connection.unreachable(self.urls))
+                unavailable = gave_up(self.urls, cause)
                 for item in lost:
                     errors[item.env.message_id] = unavailable
                 _ended(envs, errors)
@@ -640,7 +541,7 @@ class Publisher(PublisherCore):
             return link
         with self._lock:  # one thread connects; the others wait for its link
             if self._link is None or self._link.closed:
-                fresh = _Link(connection.parameters(self.urls, name="leveret-publisher"))
+                fresh = _Link(self.urls)
                 fresh.open()
                 self._link = fresh
             return self._link
