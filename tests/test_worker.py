@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +29,7 @@ from leveret import (
     connection,
     wire,
 )
+from leveret.consumers.worker import freeze_heap
 from leveret.errors import BrokerUnavailable, ConfigurationError, TopologyMissing
 from leveret.topology import dead_letter_queue
 from tests.apps import Task, TaskV2
@@ -416,3 +418,14 @@ async def test_handlers_publish_follow_up_tasks_correlated_with_their_job(
         worker.stop()
         await task
     assert sorted(children) == [(-9, "job-42"), (-3, "job-42"), (-2, "job-42"), (-1, "job-42")]
+
+
+def test_freeze_heap_leaves_only_new_objects_to_the_collector() -> None:
+    gc.collect()
+    tracked = len(gc.get_objects())
+    try:
+        freeze_heap()
+        assert gc.get_freeze_count() >= tracked // 2
+        assert len(gc.get_objects()) < tracked // 10  # what a full collection still walks
+    finally:
+        gc.unfreeze()

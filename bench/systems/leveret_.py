@@ -34,6 +34,7 @@ from leveret import (
     Worker,
     logs,
 )
+from leveret.consumers.worker import freeze_heap
 
 if TYPE_CHECKING:
     from leveret import Publisher
@@ -212,7 +213,7 @@ def consume() -> None:
     concurrency = int(os.environ.get("BENCH_CONCURRENCY") or 8)
     prefetch = int(os.environ.get("BENCH_PREFETCH") or 0) or None
     worker = Worker(app, os.environ["BENCH_URL"], concurrency=concurrency, prefetch=prefetch)
-
+    freeze_heap()
     asyncio.run(worker.run(install_signal_handlers=True))
     sys.stdout.flush()
     sys.stderr.flush()

@@ -19,6 +19,7 @@ from leveret.cli.base import (
     url_option,
 )
 from leveret.consumers import Worker
+from leveret.consumers.worker import freeze_heap
 from leveret.health import STALL_AFTER
 
 # --- demo ---------------------------------------------------------------------
@@ -139,6 +140,7 @@ def worker(
         http_host=http_host,
         stall_after=stall_after,
     )
+    freeze_heap()
     asyncio.run(w.run(install_signal_handlers=True))
     # A sync handler stuck past its timeout keeps a thread busy; it must not
     # hold the process after a clean shutdown.
