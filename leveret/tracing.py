@@ -16,7 +16,7 @@ carry; that code is in :mod:`leveret.otel`, imported on first use only.
 from __future__ import annotations
 
 import contextlib
-import os
+import random
 import re
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
@@ -96,17 +96,16 @@ def child(parent: TraceContext) -> TraceContext:
 
 def root() -> TraceContext:
     """A new trace: random trace-id and parent-id, sampled."""
-    ids = _random_hex(24)  # one read of the system's randomness for both
-    if ids[:32].strip("0") and ids[32:].strip("0"):
-        return TraceContext(ids[:32], ids[32:])
     return TraceContext(_random_hex(16), _random_hex(8))
 
 
 def _random_hex(size: int) -> str:
+    # Unique, not secret: random (seeded from the system, and again after a
+    # fork), as OpenTelemetry's own id generator does.
     while True:
-        value = os.urandom(size).hex()
-        if value.strip("0"):  # all zeros is the format's "invalid"
-            return value
+        value = random.getrandbits(size * 8)
+        if value:  # all zeros is the format's "invalid"
+            return format(value, f"0{size * 2}x")
 
 
 def _text(value: object) -> str | None:

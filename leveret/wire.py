@@ -7,8 +7,8 @@ that start with ``x-``, and the retry count is routed on.
 
 from __future__ import annotations
 
+import random
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,9 +98,20 @@ class Delivery:
         return self.retry_count + 1
 
 
+_UUID4_CLEAR = ~((0xF << 76) | (0x3 << 62))
+_UUID4_SET = (0x4 << 76) | (0x2 << 62)
+
+
 def new_message_id() -> str:
-    """Return a fresh message id (a UUID4 string)."""
-    return str(uuid.uuid4())
+    """Return a fresh message id (a UUID4 string).
+
+    The 122 random bits come from :mod:`random` (seeded from the system's
+    randomness, and again in a forked child), as OpenTelemetry's ids do: an id
+    must be unique, not secret, and this is five times faster than
+    :func:`uuid.uuid4`, which asks the kernel each time.
+    """
+    h = "%032x" % (random.getrandbits(128) & _UUID4_CLEAR | _UUID4_SET)
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def now_seconds() -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 
 import pytest
@@ -95,3 +96,22 @@ def test_inside_a_trace_a_message_continues_it() -> None:
     # The block is over: the next message starts a trace of its own.
     after = tracing.of(CORE.envelope(Task(n=1), exchange="ex").headers)
     assert after is not None and after.trace_id != parent.trace_id
+
+
+def test_message_ids_are_uuid4_unique_and_new_in_a_forked_child() -> None:
+    ids = [wire.new_message_id() for _ in range(5000)]
+    assert len(set(ids)) == len(ids)
+    for message_id in ids[:100]:
+        parsed = uuid.UUID(message_id)
+        assert parsed.version == 4 and str(parsed) == message_id
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the same ids as the parent would be duplicates
+        os.write(write, (wire.new_message_id() + tracing.root().trace_id).encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 100).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    parent = wire.new_message_id() + tracing.root().trace_id
+    assert len(child) == 36 + 32 and child != parent
