@@ -183,6 +183,21 @@ class ConfirmLink:
             )
         )
 
+    def flush(self) -> None:
+        """Send what is queued, as far as the socket takes it now, without waiting or reading.
+
+        Raises:
+            ConnectionLost: the connection is gone.
+        """
+        if self.closed is not None:
+            raise self.closed.with_traceback(None)
+        try:
+            self._send()
+        except OSError as exc:
+            lost = ConnectionLost(f"connection lost: {exc}")
+            self._lose(lost)
+            raise lost from exc
+
     def pump(self, timeout: float) -> None:
         """Send what is queued, then wait up to ``timeout`` for frames and handle them.
 

@@ -50,6 +50,9 @@ OPEN_TIMEOUT = 15.0
 _CLOSE_TIMEOUT = 5.0
 _KEEPALIVE = connection.HEARTBEAT / 3
 _REPUBLISH_LIMIT = 3
+_FLUSH_EVERY = 64
+"""Publishes of a batch encoded between writes: the broker starts on the first while the
+rest are encoded."""
 """Times a message is republished after a channel closed over another message's error."""
 
 
@@ -260,6 +263,11 @@ class _Link:
                 continue
             self._seq += 1
             unconfirmed[self._seq] = item
+            if not self._seq % _FLUSH_EVERY:
+                try:
+                    conn.flush()
+                except amqp.ConnectionLost:
+                    return  # the pump raises it next and fails what is left
 
     def _on_confirm(self, tag: int, multiple: bool, ack: bool) -> None:
         unconfirmed = self._unconfirmed
