@@ -15,7 +15,7 @@ process (or one test run) never share a counter.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -64,6 +64,7 @@ class WorkerMetrics:
             buckets=DURATION_BUCKETS,
             registry=r,
         )
+        self._settled: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self.in_flight = Gauge(
             "leveret_messages_in_flight",
             "Deliveries received and not yet settled.",
@@ -98,9 +99,13 @@ class WorkerMetrics:
 
     def settled(self, outcome: Outcome) -> None:
         """Count one settled delivery and its duration."""
-        kind = outcome.type or UNKNOWN
-        self.messages.labels(outcome.queue, kind, outcome.outcome).inc()
-        self.duration.labels(outcome.queue, kind).observe(outcome.duration)
+        key = (outcome.queue, outcome.type or UNKNOWN, outcome.outcome)
+        children = self._settled.get(key)
+        if children is None:  # labels() takes a lock and checks its arguments: once per key
+            children = (self.messages.labels(*key), self.duration.labels(*key[:2]))
+            self._settled[key] = children
+        children[0].inc()
+        children[1].observe(outcome.duration)
 
     def checked(self, consumers: Mapping[str, int], waiting: Mapping[str, int]) -> None:
         """The broker's figures for the worker's queues."""
