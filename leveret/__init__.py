@@ -5,8 +5,6 @@ The nouns: :class:`Message` (a typed, versioned payload), :class:`Topology`
 :class:`AsyncPublisher`, :class:`App` (handlers) and :class:`Worker`.
 """
 
-from typing import TYPE_CHECKING, Any
-
 from leveret.consumers import App, Context, Outcome, Worker
 from leveret.errors import (
     BrokerUnavailable,
@@ -29,21 +27,8 @@ from leveret.errors import (
 )
 from leveret.messages import Message, Model
 from leveret.publisher.aio import AsyncPublisher
+from leveret.publisher.sync import Publisher
 from leveret.topology import Binding, Exchange, Queue, RetryPolicy, Topology
-
-if TYPE_CHECKING:
-    from leveret.publisher.sync import Publisher
-
-
-def __getattr__(name: str) -> Any:
-    # The blocking publisher (pika) loads on first use: a worker talks through
-    # leveret.amqp only, and pika would add to every worker's memory.
-    if name == "Publisher":
-        from leveret.publisher.sync import Publisher
-
-        return Publisher
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 __version__ = "0.1.0"
 
