@@ -50,10 +50,10 @@ OPEN_TIMEOUT = 15.0
 _CLOSE_TIMEOUT = 5.0
 _KEEPALIVE = connection.HEARTBEAT / 3
 _REPUBLISH_LIMIT = 3
+"""Times a message is republished after a channel closed over another message's error."""
 _FLUSH_EVERY = 64
 """Publishes of a batch encoded between writes: the broker starts on the first while the
 rest are encoded."""
-"""Times a message is republished after a channel closed over another message's error."""
 
 
 class _Lost(Exception):
