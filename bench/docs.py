@@ -81,7 +81,8 @@ def fixed(data: dict[str, Any]) -> list[str]:
     log_share = _inclusive(drain_prof, "report (leveret/") if drain_prof else 0.0
     busy_text = (
         f" The worker's busy loop time per message, under the profiler, is now about {busy:.0f} µs "
-        f"(234 µs before), and `report`, the log line, {log_share:.0%} of it (25% before)."
+        f"(234 µs in the first run after this fix, on a quieter machine), and `report`, the "
+        f"log line, {log_share:.0%} of it (25% before)."
         if busy
         else ""
     )
@@ -269,9 +270,11 @@ def findings(data: dict[str, Any]) -> list[str]:
         loop = _share(drain_prof, "asyncio")
         struct = _share(drain_prof, "structlog")
         write = sum(v for k, v in drain_prof.get("top_self", []) if "LineWriter.msg" in k)
+        rounds = ", ".join(f"{r:.2f}x" for r in _round_ratios(data, "drain", "pika"))
         out.append(
             f"**The worker still drains below {_names(short)}.** leveret {lev_d:,.0f} msg/s; "
-            f"raw pika {pika_d or float('nan'):,.0f} ({_ratio(lev_d, pika_d)}), the Go client "
+            f"raw pika {pika_d or float('nan'):,.0f} ({_ratio(lev_d, pika_d)}; round by round "
+            f"{rounds}), the Go client "
             f"{go_d or float('nan'):,.0f} ({_ratio(lev_d, go_d)}), Dramatiq "
             f"{dram_d or float('nan'):,.0f} ({_ratio(lev_d, dram_d)}). Of the worker's busy "
             f"time, its AMQP client (`leveret.amqp`) is {amqp:.0%} and asyncio {loop:.0%}. The "
@@ -308,14 +311,31 @@ def findings(data: dict[str, Any]) -> list[str]:
     one = _get(med, "publish_1", "msgs_per_s", "leveret")
     pika1 = _get(med, "publish_1", "msgs_per_s", "pika")
     if one and pika1 and one < pika1:
+        rounds = ", ".join(f"{r:.2f}x" for r in _round_ratios(data, "publish_1", "pika"))
         out.append(
             f"**A single `publish` is {_ratio(one, pika1)} raw pika's**, about "
-            f"{(1 / one - 1 / pika1) * 1e6:.0f} µs more per message. Both wait for one broker "
-            "round trip per message; outside the broker leveret's publish uses less CPU than "
-            "raw pika's (about 190 against 280 µs, envelope included), so the gap is the "
-            "broker's round trip moving between rounds on this shared machine."
+            f"{(1 / one - 1 / pika1) * 1e6:.0f} µs more per message (round by round: "
+            f"{rounds}). Both wait for one broker round trip per message; outside the broker "
+            "leveret's publish uses less CPU than raw pika's (about 190 against 280 µs, "
+            "envelope included), so what is left is the broker's round trip, which moves "
+            "from one round to the next on this shared machine more than the two differ."
         )
     return out
+
+
+def _round_ratios(data: dict[str, Any], scenario: str, peer: str) -> list[float]:
+    """leveret's figure over ``peer``'s in each round of a throughput scenario."""
+    by: dict[tuple[int, str], float] = {}
+    for run in data["runs"]:
+        rate = run["result"].get("msgs_per_s")
+        if run["scenario"] == scenario and rate:
+            by[(run["round"], run["system"])] = rate
+    rounds = sorted({r for r, _ in by})
+    return [
+        by[(r, "leveret")] / by[(r, peer)]
+        for r in rounds
+        if (r, "leveret") in by and (r, peer) in by
+    ]
 
 
 def saturated(data: dict[str, Any]) -> dict[str, float]:
