@@ -75,6 +75,17 @@ def names() -> Callable[[str], str]:
     return lambda suffix: f"{prefix}.{suffix}"
 
 
+@pytest.fixture
+def quorum_queue(broker_url: str, names: Callable[[str], str]) -> Iterator[str]:
+    """A durable quorum queue of this test's own, deleted after it."""
+    name = names("q")
+    with connection.connect(broker_url) as blocking:
+        ch = blocking.channel()
+        ch.queue_declare(name, durable=True, arguments={"x-queue-type": "quorum"})
+        yield name
+        ch.queue_delete(name)
+
+
 @dataclass
 class Pipeline:
     """One test's topology on the broker, its app and what its workers reported."""

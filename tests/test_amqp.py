@@ -6,7 +6,7 @@ import asyncio
 import socket
 import struct
 import traceback
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -172,29 +172,21 @@ async def conn(broker_url: str) -> AsyncIterator[amqp.Connection]:
     await c.close()
 
 
-@pytest.fixture
-def queue(broker_url: str, names: Callable[[str], str]) -> Iterator[str]:
-    name = names("amqp")
-    with connection.connect(broker_url) as blocking:
-        ch = blocking.channel()
-        ch.queue_declare(name, durable=True, arguments={"x-queue-type": "quorum"})
-        yield name
-        ch.queue_delete(name)
-
-
 async def test_pipelined_publishes_are_confirmed_and_consumed_with_their_properties(
-    conn: amqp.Connection, queue: str
+    conn: amqp.Connection, quorum_queue: str
 ) -> None:
     pub = await conn.channel()
     await pub.confirm_select()
     sent = [
-        pub.publish_nowait(b"%d" % i, exchange="", routing_key=queue, properties=PROPS)
+        pub.publish_nowait(b"%d" % i, exchange="", routing_key=quorum_queue, properties=PROPS)
         for i in range(500)
     ]
     await asyncio.wait_for(asyncio.gather(*(f for f in sent if f is not None)), 30)
     assert None not in sent  # a confirm channel gives every publish a future
     big = bytes(range(256)) * 2000  # 512 KB: several frames each way
-    await pub.basic_publish(big, exchange="", routing_key=queue, properties=amqp.Properties())
+    await pub.basic_publish(
+        big, exchange="", routing_key=quorum_queue, properties=amqp.Properties()
+    )
     sub = await conn.channel()
     await sub.basic_qos(50)
     got: list[amqp.Deliver] = []
@@ -206,26 +198,32 @@ async def test_pipelined_publishes_are_confirmed_and_consumed_with_their_propert
         if len(got) == 501:
             done.set()
 
-    await sub.basic_consume(queue, on_message)
+    await sub.basic_consume(quorum_queue, on_message)
     await asyncio.wait_for(done.wait(), 30)
     assert [d.body for d in got[:500]] == [b"%d" % i for i in range(500)]
-    assert got[0].properties == PROPS and got[0].routing_key == queue
+    assert got[0].properties == PROPS and got[0].routing_key == quorum_queue
     assert got[500].body == big
-    assert await sub.queue_declare(queue) == (0, 1)
+    assert await sub.queue_declare(quorum_queue) == (0, 1)
 
 
 async def test_unroutable_and_missing_exchange_fail_their_publish_only(
-    conn: amqp.Connection, queue: str
+    conn: amqp.Connection, quorum_queue: str
 ) -> None:
     ch = await conn.channel()
     await ch.confirm_select()
     with pytest.raises(amqp.Returned, match="NO_ROUTE"):
-        await ch.basic_publish(b"x", exchange="", routing_key=queue + ".none", properties=PROPS)
-    await ch.basic_publish(b"x", exchange="", routing_key=queue, properties=PROPS)  # still open
+        await ch.basic_publish(
+            b"x", exchange="", routing_key=quorum_queue + ".none", properties=PROPS
+        )
+    await ch.basic_publish(
+        b"x", exchange="", routing_key=quorum_queue, properties=PROPS
+    )  # still open
     closed: list[amqp.AMQPError] = []
     ch.close_callbacks.append(closed.append)
     with pytest.raises(amqp.ChannelNotFound, match="no exchange"):
-        await ch.basic_publish(b"x", exchange=queue + ".none", routing_key="", properties=PROPS)
+        await ch.basic_publish(
+            b"x", exchange=quorum_queue + ".none", routing_key="", properties=PROPS
+        )
     assert ch.is_closed and isinstance(closed[0], amqp.ChannelNotFound)
     depths = []
     for _ in range(3):  # the same error every time, without a traceback that grows
@@ -234,13 +232,13 @@ async def test_unroutable_and_missing_exchange_fail_their_publish_only(
         depths.append(len(traceback.extract_tb(raised.value.__traceback__)))
     assert depths[0] == depths[-1]
     other = await conn.channel()  # the connection is unharmed
-    assert await other.queue_declare(queue) == (1, 0)
+    assert await other.queue_declare(quorum_queue) == (1, 0)
     with pytest.raises(amqp.ChannelNotFound):
-        await other.queue_declare(queue + ".none")
+        await other.queue_declare(quorum_queue + ".none")
 
 
 async def test_a_deleted_queue_ends_its_consumers_channel(
-    conn: amqp.Connection, queue: str, broker_url: str
+    conn: amqp.Connection, quorum_queue: str, broker_url: str
 ) -> None:
     ch = await conn.channel()
     ended = asyncio.get_running_loop().create_future()
@@ -249,9 +247,9 @@ async def test_a_deleted_queue_ends_its_consumers_channel(
         raise RuntimeError("a broken callback")
 
     ch.close_callbacks += [broken, ended.set_result]  # the broken one does not stop the next
-    await ch.basic_consume(queue, lambda d: None)
+    await ch.basic_consume(quorum_queue, lambda d: None)
     with connection.connect(broker_url) as blocking:
-        blocking.channel().queue_delete(queue)
+        blocking.channel().queue_delete(quorum_queue)
     error = await asyncio.wait_for(ended, 10)
     assert isinstance(error, amqp.ChannelClosed) and "cancelled" in str(error)
     assert not conn.is_closed
@@ -277,13 +275,13 @@ async def test_refused_credentials_vhost_and_port(broker_url: str) -> None:
             await amqp.connect(closed_port, name="t", heartbeat=30)
 
 
-async def test_a_silent_broker_is_noticed_after_two_heartbeats(queue: str) -> None:
+async def test_a_silent_broker_is_noticed_after_two_heartbeats(quorum_queue: str) -> None:
     with Proxy() as proxy:
         conn = await amqp.connect(proxy.url(), name="test-heartbeat", heartbeat=1)
         ch = await conn.channel()
         await ch.confirm_select()
         proxy.stall()
-        pending = ch.publish_nowait(b"x", exchange="", routing_key=queue, properties=PROPS)
+        pending = ch.publish_nowait(b"x", exchange="", routing_key=quorum_queue, properties=PROPS)
         reason = await asyncio.wait_for(conn.closed, 10)
         assert "heartbeat" in str(reason)
         assert pending is not None
@@ -292,16 +290,16 @@ async def test_a_silent_broker_is_noticed_after_two_heartbeats(queue: str) -> No
         assert ch.is_closed
 
 
-async def test_a_cut_connection_fails_what_waits_on_it(queue: str, broker_url: str) -> None:
+async def test_a_cut_connection_fails_what_waits_on_it(quorum_queue: str, broker_url: str) -> None:
     with Proxy() as proxy:
         conn = await amqp.connect(proxy.url(), name="test-cut", heartbeat=30)
         ch = await conn.channel()
         await ch.confirm_select()
-        await ch.basic_publish(b"x", exchange="", routing_key=queue, properties=PROPS)
+        await ch.basic_publish(b"x", exchange="", routing_key=quorum_queue, properties=PROPS)
         lost: list[amqp.ConnectionLost] = []
         conn.close_callbacks.append(lost.append)
         proxy.stall()
-        pending = ch.publish_nowait(b"y", exchange="", routing_key=queue, properties=PROPS)
+        pending = ch.publish_nowait(b"y", exchange="", routing_key=quorum_queue, properties=PROPS)
         proxy.cut()
         with pytest.raises(amqp.ConnectionLost):
             await asyncio.wait_for(pending or asyncio.sleep(0), 10)
@@ -309,4 +307,4 @@ async def test_a_cut_connection_fails_what_waits_on_it(queue: str, broker_url: s
         with pytest.raises(amqp.ConnectionLost):
             await conn.channel()
     with connection.connect(broker_url) as check:
-        assert check.channel().queue_declare(queue, passive=True).method.message_count == 1
+        assert check.channel().queue_declare(quorum_queue, passive=True).method.message_count == 1

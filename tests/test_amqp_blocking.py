@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -59,26 +59,16 @@ def open_link(url: str, rec: Recorder, heartbeat: int = 30) -> ConfirmLink:
     return ConfirmLink.open(url, name="test-blocking", heartbeat=heartbeat, **rec.callbacks())
 
 
-@pytest.fixture
-def queue(broker_url: str, names: Callable[[str], str]) -> Iterator[str]:
-    name = names("blocking")
-    with connection.connect(broker_url) as blocking:
-        ch = blocking.channel()
-        ch.queue_declare(name, durable=True, arguments={"x-queue-type": "quorum"})
-        yield name
-        ch.queue_delete(name)
-
-
 def test_pipelined_publishes_are_confirmed_in_order_with_their_properties(
-    broker_url: str, queue: str
+    broker_url: str, quorum_queue: str
 ) -> None:
     rec = Recorder()
     link = open_link(broker_url, rec)
     try:
         for i in range(500):
-            rec.publish(link, b"%d" % i, routing_key=queue)
+            rec.publish(link, b"%d" % i, routing_key=quorum_queue)
         big = bytes(range(256)) * 2000  # 512 KB: many frames, many partial writes
-        rec.publish(link, big, routing_key=queue)
+        rec.publish(link, big, routing_key=quorum_queue)
         rec.pump_until(link, lambda: len(rec.acked) == 501)
         assert rec.acked == set(range(1, 502)) and not rec.nacked and not rec.returned
     finally:
@@ -86,36 +76,36 @@ def test_pipelined_publishes_are_confirmed_in_order_with_their_properties(
     assert link.closed is not None and link.closed.code == 200
     with connection.connect(broker_url) as check:
         ch = check.channel()
-        _, props, body = ch.basic_get(queue, auto_ack=True)
+        _, props, body = ch.basic_get(quorum_queue, auto_ack=True)
         assert body == b"0" and props.message_id == "m-1" and props.headers["price"] is not None
         assert props.app_id == "billing" and props.timestamp == PROPS.timestamp
-        assert ch.queue_declare(queue, passive=True).method.message_count == 500
+        assert ch.queue_declare(quorum_queue, passive=True).method.message_count == 500
 
 
 def test_a_return_comes_before_its_confirm_and_a_missing_exchange_reopens_the_channel(
-    broker_url: str, queue: str
+    broker_url: str, quorum_queue: str
 ) -> None:
     rec = Recorder()
     link = open_link(broker_url, rec)
     try:
-        rec.publish(link, b"x", routing_key=queue + ".nobody")
+        rec.publish(link, b"x", routing_key=quorum_queue + ".nobody")
         rec.pump_until(link, lambda: 1 in rec.acked)
         assert rec.returned == ["m-1"]  # recorded before the ack that settles it
-        rec.publish(link, b"x", exchange=queue + ".none", routing_key="")
-        rec.publish(link, b"dropped with the channel", routing_key=queue)
+        rec.publish(link, b"x", exchange=quorum_queue + ".none", routing_key="")
+        rec.publish(link, b"dropped with the channel", routing_key=quorum_queue)
         rec.pump_until(link, lambda: rec.ready == 1)
         (closed,) = rec.closed
         assert isinstance(closed, amqp.ChannelNotFound) and "no exchange" in closed.text
         assert link.ready
         rec.acked.clear()
-        rec.publish(link, b"after", routing_key=queue)  # tags start again at 1
+        rec.publish(link, b"after", routing_key=quorum_queue)  # tags start again at 1
         rec.pump_until(link, lambda: 1 in rec.acked)
     finally:
         link.close(5)
     with connection.connect(broker_url) as check:
         ch = check.channel()
-        assert ch.queue_declare(queue, passive=True).method.message_count == 1
-        assert ch.basic_get(queue, auto_ack=True)[2] == b"after"
+        assert ch.queue_declare(quorum_queue, passive=True).method.message_count == 1
+        assert ch.basic_get(quorum_queue, auto_ack=True)[2] == b"after"
 
 
 def test_refused_credentials_vhost_and_port(broker_url: str) -> None:
@@ -137,12 +127,12 @@ def test_refused_credentials_vhost_and_port(broker_url: str) -> None:
             open_link(closed_port, Recorder())
 
 
-def test_a_silent_broker_is_noticed_after_two_heartbeats(queue: str) -> None:
+def test_a_silent_broker_is_noticed_after_two_heartbeats(quorum_queue: str) -> None:
     with Proxy() as proxy:
         rec = Recorder()
         link = open_link(proxy.url(), rec, heartbeat=1)
         proxy.stall()
-        rec.publish(link, b"x", routing_key=queue)
+        rec.publish(link, b"x", routing_key=quorum_queue)
         started = time.monotonic()
         with pytest.raises(amqp.ConnectionLost, match="heartbeat"):
             rec.pump_until(link, lambda: False, timeout=10)
@@ -151,7 +141,7 @@ def test_a_silent_broker_is_noticed_after_two_heartbeats(queue: str) -> None:
             link.pump(0)
 
 
-def test_an_idle_link_keeps_its_heartbeats(queue: str) -> None:
+def test_an_idle_link_keeps_its_heartbeats(quorum_queue: str) -> None:
     with Proxy() as proxy:
         rec = Recorder()
         link = open_link(proxy.url(), rec, heartbeat=1)
@@ -159,23 +149,23 @@ def test_an_idle_link_keeps_its_heartbeats(queue: str) -> None:
             deadline = time.monotonic() + 3.5  # past two intervals, pumping as the publisher does
             while time.monotonic() < deadline:
                 link.pump(0.3)
-            rec.publish(link, b"x", routing_key=queue)
+            rec.publish(link, b"x", routing_key=quorum_queue)
             rec.pump_until(link, lambda: 1 in rec.acked, timeout=10)
         finally:
             link.close(5)
 
 
-def test_a_cut_connection_fails_the_pump_and_every_later_call(queue: str) -> None:
+def test_a_cut_connection_fails_the_pump_and_every_later_call(quorum_queue: str) -> None:
     with Proxy() as proxy:
         rec = Recorder()
         link = open_link(proxy.url(), rec)
-        rec.publish(link, b"x", routing_key=queue)
+        rec.publish(link, b"x", routing_key=quorum_queue)
         rec.pump_until(link, lambda: 1 in rec.acked)
         proxy.cut()
         with pytest.raises(amqp.ConnectionLost):
             rec.pump_until(link, lambda: False, timeout=10)
         with pytest.raises(amqp.ConnectionLost):
-            rec.publish(link, b"y", routing_key=queue)
+            rec.publish(link, b"y", routing_key=quorum_queue)
         link.close(1)  # nothing left to close: returns at once
 
 
