@@ -10,7 +10,13 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from leveret import AsyncPublisher, Publisher, tracing, wire
-from leveret.errors import BrokerUnavailable, MessageTooLarge, TopologyMissing, Unroutable
+from leveret.errors import (
+    BrokerUnavailable,
+    MessageTooLarge,
+    NotConfirmed,
+    TopologyMissing,
+    Unroutable,
+)
 from tests.apps import Task
 from tests.conftest import Pipeline, rabbitmqctl
 
@@ -118,6 +124,14 @@ async def test_refused_credentials_are_named_when_both_faces_give_up(pipeline: P
     async with AsyncPublisher(wrong, reconnect_timeout=0.5) as apub:
         with pytest.raises(BrokerUnavailable, match="refused the credentials"):
             await apub.publish(Task(n=1), exchange=pipeline.exchange)
+
+
+def test_a_header_no_field_table_holds_fails_that_message_only(pipeline: Pipeline) -> None:
+    with Publisher(pipeline.url) as pub:
+        with pytest.raises(NotConfirmed, match="cannot go in an AMQP field table"):
+            pub.publish(Task(n=1), exchange=pipeline.exchange, headers={"tags": {"a", "b"}})
+        pub.publish(Task(n=2), exchange=pipeline.exchange)
+    assert pipeline.depth(pipeline.queue) == 1
 
 
 async def test_async_publisher_pipelines_concurrent_confirms(pipeline: Pipeline) -> None:

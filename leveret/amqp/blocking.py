@@ -37,7 +37,7 @@ log = structlog.get_logger(__name__)
 _READ_SIZE = 262144
 _RETURN = (60, 50)
 _ACK, _NACK = (60, 80), (60, 120)
-_CHANNEL_CLOSE, _CHANNEL_CLOSE_OK = (20, 40), (20, 41)
+_CHANNEL_CLOSE, _CHANNEL_FLOW = (20, 40), (20, 20)
 _CHANNEL_OPEN_OK, _SELECT_OK = (20, 11), (85, 11)
 _BLOCKING_ERRORS = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
@@ -168,6 +168,7 @@ class ConfirmLink:
         Raises:
             ConnectionLost: the connection is gone.
             ValueError: the exchange or routing key is over 255 bytes.
+            TypeError: a header value that no field table can hold.
         """
         if self.closed is not None:
             raise self.closed.with_traceback(None)
@@ -348,7 +349,7 @@ class ConfirmLink:
         elif which == _SELECT_OK:
             self.ready = True
             self.on_ready()
-        elif which == (20, 20):  # channel.flow: the broker asks to pause; we acknowledge
+        elif which == _CHANNEL_FLOW:  # the broker asks to pause or resume: acknowledged
             method = codec.rare_method(kind, self._channel, payload)
             assert isinstance(method, spec.Channel.Flow)
             self._out.append(codec.rare_frame(spec.Channel.FlowOk(method.active), self._channel))

@@ -163,8 +163,10 @@ def envelopes(
 
 
 def gave_up(urls: Sequence[str], cause: BaseException | None) -> BrokerUnavailable:
-    """The error of a publish that stopped reconnecting: the broker's refusal if that was
-    the last thing that happened (a wrong password, a vhost not there yet), else unreachable.
+    """The error of a publish that stopped reconnecting.
+
+    The broker's refusal when that was the last thing that happened (a wrong
+    password, a vhost not created yet), else the broker unreachable.
     """
     while cause is not None:
         if isinstance(cause, BrokerUnavailable):

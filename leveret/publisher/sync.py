@@ -258,7 +258,8 @@ class _Link:
             except amqp.ConnectionLost:
                 inbox.appendleft(item)
                 return  # the pump raises it next and fails what is left
-            except ValueError as exc:  # a name over 255 bytes: this message only
+            except (ValueError, TypeError) as exc:  # a name over 255 bytes, a header value
+                # no field table holds: this message only
                 _settle(item, NotConfirmed(f"cannot publish message {env.message_id}: {exc}"))
                 continue
             self._seq += 1
