@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
 
 import pika
 import pytest
@@ -84,6 +86,33 @@ def quorum_queue(broker_url: str, names: Callable[[str], str]) -> Iterator[str]:
         ch.queue_declare(name, durable=True, arguments={"x-queue-type": "quorum"})
         yield name
         ch.queue_delete(name)
+
+
+@dataclass(frozen=True)
+class RefusedURLs:
+    """URLs of the test broker that a client must fail to open, each its own way."""
+
+    wrong_password: str
+    missing_vhost: str
+    closed_port: str
+
+
+@pytest.fixture
+def refused(broker_url: str) -> Iterator[RefusedURLs]:
+    """A wrong password, a vhost that does not exist, and a port nobody listens on."""
+    parts = urlsplit(broker_url)
+    host = f"{parts.hostname}:{parts.port or 5672}"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))  # bound, not listening: refused while the test runs
+        yield RefusedURLs(
+            urlunsplit(parts._replace(netloc=f"{parts.username}:not-{parts.password}@{host}")),
+            urlunsplit(parts._replace(path="/no-such-vhost-for-leveret")),
+            urlunsplit(
+                parts._replace(
+                    netloc=f"{parts.username}:{parts.password}@127.0.0.1:{s.getsockname()[1]}"
+                )
+            ),
+        )
 
 
 @dataclass

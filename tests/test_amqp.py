@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import struct
 import traceback
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pamqp.frame
 import pytest
@@ -20,6 +18,7 @@ from pamqp.header import ContentHeader
 
 from leveret import amqp, connection
 from leveret.amqp import codec
+from tests.conftest import RefusedURLs
 from tests.proxy import Proxy
 
 HEADERS: dict[str, Any] = {
@@ -255,24 +254,14 @@ async def test_a_deleted_queue_ends_its_consumers_channel(
     assert not conn.is_closed
 
 
-async def test_refused_credentials_vhost_and_port(broker_url: str) -> None:
-    parts = urlsplit(broker_url)
-    host = f"{parts.hostname}:{parts.port or 5672}"
-    wrong = urlunsplit(parts._replace(netloc=f"{parts.username}:not-{parts.password}@{host}"))
+async def test_refused_credentials_vhost_and_port(refused: RefusedURLs) -> None:
     with pytest.raises(amqp.AuthenticationFailed, match="ACCESS_REFUSED"):
-        await amqp.connect(wrong, name="t", heartbeat=30)
-    novhost = urlunsplit(parts._replace(path="/no-such-vhost-for-leveret"))
+        await amqp.connect(refused.wrong_password, name="t", heartbeat=30)
     with pytest.raises(amqp.ConnectionLost) as lost:
-        await amqp.connect(novhost, name="t", heartbeat=30)
+        await amqp.connect(refused.missing_vhost, name="t", heartbeat=30)
     assert lost.value.code == 530
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # bound, not listening: refused
-        closed_port = urlunsplit(
-            parts._replace(netloc=f"{parts.username}:{parts.password}@127.0.0.1:{port}")
-        )
-        with pytest.raises(OSError):
-            await amqp.connect(closed_port, name="t", heartbeat=30)
+    with pytest.raises(OSError):
+        await amqp.connect(refused.closed_port, name="t", heartbeat=30)
 
 
 async def test_a_silent_broker_is_noticed_after_two_heartbeats(quorum_queue: str) -> None:

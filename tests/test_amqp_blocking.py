@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 from leveret import amqp, connection
 from leveret.amqp.blocking import ConfirmLink
+from tests.conftest import RefusedURLs
 from tests.proxy import Proxy
 from tests.test_amqp import PROPS
 
@@ -108,23 +107,14 @@ def test_a_return_comes_before_its_confirm_and_a_missing_exchange_reopens_the_ch
         assert ch.basic_get(quorum_queue, auto_ack=True)[2] == b"after"
 
 
-def test_refused_credentials_vhost_and_port(broker_url: str) -> None:
-    parts = urlsplit(broker_url)
-    host = f"{parts.hostname}:{parts.port or 5672}"
-    wrong = urlunsplit(parts._replace(netloc=f"{parts.username}:not-{parts.password}@{host}"))
+def test_refused_credentials_vhost_and_port(refused: RefusedURLs) -> None:
     with pytest.raises(amqp.AuthenticationFailed, match="ACCESS_REFUSED"):
-        open_link(wrong, Recorder())
+        open_link(refused.wrong_password, Recorder())
     with pytest.raises(amqp.ConnectionLost) as lost:
-        open_link(urlunsplit(parts._replace(path="/no-such-vhost-for-leveret")), Recorder())
+        open_link(refused.missing_vhost, Recorder())
     assert lost.value.code == 530
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # bound, not listening: refused
-        closed_port = urlunsplit(
-            parts._replace(netloc=f"{parts.username}:{parts.password}@127.0.0.1:{port}")
-        )
-        with pytest.raises(OSError):
-            open_link(closed_port, Recorder())
+    with pytest.raises(OSError):
+        open_link(refused.closed_port, Recorder())
 
 
 def test_a_silent_broker_is_noticed_after_two_heartbeats(quorum_queue: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -18,7 +18,7 @@ from leveret.errors import (
     Unroutable,
 )
 from tests.apps import Task
-from tests.conftest import Pipeline, rabbitmqctl
+from tests.conftest import Pipeline, RefusedURLs, rabbitmqctl
 
 
 def test_publish_sets_the_contract_properties(pipeline: Pipeline) -> None:
@@ -107,20 +107,17 @@ def test_unreachable_broker_raises_after_the_reconnect_timeout() -> None:
     assert "pw@" not in str(caught.value)
 
 
-async def test_refused_credentials_are_named_when_both_faces_give_up(pipeline: Pipeline) -> None:
+async def test_refused_credentials_are_named_when_both_faces_give_up(
+    pipeline: Pipeline, refused: RefusedURLs
+) -> None:
     """Retried (the user may not exist yet), then reported as refused, not as unreachable."""
-    parts = urlsplit(pipeline.url)
-    wrong = urlunsplit(
-        parts._replace(
-            netloc=f"{parts.username}:not-{parts.password}@{parts.hostname}:{parts.port}"
-        )
-    )
+    wrong = refused.wrong_password
     with (
         Publisher(wrong, reconnect_timeout=0.5) as pub,
         pytest.raises(BrokerUnavailable, match="refused the credentials") as caught,
     ):
         pub.publish(Task(n=1), exchange=pipeline.exchange)
-    assert f"not-{parts.password}" not in str(caught.value)
+    assert f":{urlsplit(wrong).password}@" not in str(caught.value)
     async with AsyncPublisher(wrong, reconnect_timeout=0.5) as apub:
         with pytest.raises(BrokerUnavailable, match="refused the credentials"):
             await apub.publish(Task(n=1), exchange=pipeline.exchange)
