@@ -22,15 +22,13 @@ import ssl
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import structlog
 from pamqp import commands as spec
 
 from leveret.amqp import codec
-from leveret.amqp.connection import HANDSHAKE_TIMEOUT
 from leveret.amqp.errors import ChannelClosed, ConnectionLost
-from leveret.amqp.handshake import CHANNEL_MAX, Handshake
+from leveret.amqp.handshake import CHANNEL_MAX, HANDSHAKE_TIMEOUT, Address, Handshake
 
 log = structlog.get_logger(__name__)
 
@@ -114,21 +112,18 @@ class ConfirmLink:
             OSError: the broker cannot be reached (``ssl.SSLError`` included).
             TimeoutError: the handshake did not finish in time.
         """
-        parts = urlsplit(url)
-        path = parts.path[1:] if parts.path.startswith("/") else parts.path
-        host = parts.hostname or "localhost"
-        port = parts.port or (5671 if tls is not None else 5672)
+        address = Address.of(url, tls=tls is not None)
         deadline = time.monotonic() + timeout
-        sock = socket.create_connection((host, port), timeout=timeout)
+        sock = socket.create_connection((address.host, address.port), timeout=timeout)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if tls is not None:
-                sock = tls.wrap_socket(sock, server_hostname=host)
+                sock = tls.wrap_socket(sock, server_hostname=address.host)
             handshake = Handshake(sock, deadline)
             frame_max, heartbeat = handshake.connection(
-                vhost=unquote(path) if path else "/",
-                user=unquote(parts.username or "guest"),
-                password=unquote(parts.password or "guest"),
+                vhost=address.vhost,
+                user=address.user,
+                password=address.password,
                 name=name,
                 heartbeat=heartbeat,
             )

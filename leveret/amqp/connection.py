@@ -16,13 +16,20 @@ import contextlib
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
 
 import structlog
 from pamqp import commands as spec
 
 from leveret.amqp import codec
-from leveret.amqp.errors import AMQPError, AuthenticationFailed, ConnectionLost, tell
+from leveret.amqp.errors import AMQPError, ConnectionLost, tell
+from leveret.amqp.handshake import (
+    FRAME_MAX,
+    HANDSHAKE_TIMEOUT,
+    Address,
+    closed_by_broker,
+    start_ok,
+    tune_ok,
+)
 
 if TYPE_CHECKING:
     import ssl
@@ -31,16 +38,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-HANDSHAKE_TIMEOUT = 10.0
-FRAME_MAX = 131072
 CLOSE_TIMEOUT = 2.0
-CAPABILITIES: dict[str, Any] = {
-    "publisher_confirms": True,
-    "consumer_cancel_notify": True,
-    "basic.nack": True,
-    "connection.blocked": True,
-    "authentication_failure_close": True,
-}
 
 
 class Connection(asyncio.Protocol):
@@ -53,7 +51,7 @@ class Connection(asyncio.Protocol):
     def __init__(self, *, vhost: str, user: str, password: str, name: str, heartbeat: int) -> None:
         self.loop = asyncio.get_running_loop()
         self.vhost, self.name = vhost, name
-        self._credentials = f"\0{user}\0{password}"
+        self._user, self._password = user, password
         self._heartbeat = heartbeat
         self.frame_max = FRAME_MAX
         self.transport: asyncio.Transport | None = None
@@ -162,20 +160,7 @@ class Connection(asyncio.Protocol):
             return  # heartbeats: their arrival is all that counts
         method = codec.rare_method(kind, 0, payload)
         if isinstance(method, spec.Connection.Start):
-            self.write(
-                codec.rare_frame(
-                    spec.Connection.StartOk(
-                        client_properties={
-                            "product": "leveret",
-                            "connection_name": self.name,
-                            "capabilities": CAPABILITIES,
-                        },
-                        mechanism="PLAIN",
-                        response=self._credentials,
-                    ),
-                    0,
-                )
-            )
+            self.write(start_ok(self.name, self._user, self._password))
         elif isinstance(method, spec.Connection.Tune):
             self._tune(method)
         elif isinstance(method, spec.Connection.OpenOk):
@@ -184,13 +169,7 @@ class Connection(asyncio.Protocol):
         elif isinstance(method, spec.Connection.Close):
             with contextlib.suppress(ConnectionLost):
                 self.write(codec.rare_frame(spec.Connection.CloseOk(), 0))
-            code, text = method.reply_code, method.reply_text
-            lost = (
-                AuthenticationFailed(text, code)
-                if code == 403 and not self._opened.done()
-                else ConnectionLost(text, code)
-            )
-            self._lost(lost)
+            self._lost(closed_by_broker(method, opened=self._opened.done()))
         elif isinstance(method, spec.Connection.CloseOk):
             self._lost(ConnectionLost("closed by the client", 200))
         elif isinstance(method, spec.Connection.Blocked):
@@ -199,21 +178,10 @@ class Connection(asyncio.Protocol):
             log.info("amqp.unblocked")
 
     def _tune(self, tune: spec.Connection.Tune) -> None:
-        # The smaller of the two intervals, or the one side's if the other has none.
-        heartbeat = min((v for v in (tune.heartbeat, self._heartbeat) if v), default=0)
-        if tune.frame_max:
-            self.frame_max = min(tune.frame_max, FRAME_MAX)
-        self.write(
-            codec.rare_frame(
-                spec.Connection.TuneOk(
-                    channel_max=min(tune.channel_max or 2047, 2047),
-                    frame_max=self.frame_max,
-                    heartbeat=heartbeat,
-                ),
-                0,
-            )
+        frames, self.frame_max, heartbeat = tune_ok(
+            tune, heartbeat=self._heartbeat, vhost=self.vhost
         )
-        self.write(codec.rare_frame(spec.Connection.Open(virtual_host=self.vhost), 0))
+        self.write(frames)
         if heartbeat:
             self._schedule_beat(heartbeat)
 
@@ -283,24 +251,21 @@ async def connect(
         OSError: the broker cannot be reached.
         TimeoutError: the handshake did not finish in time.
     """
-    parts = urlsplit(url)
-    path = parts.path[1:] if parts.path.startswith("/") else parts.path
-    vhost = unquote(path) if path else "/"
+    address = Address.of(url, tls=ssl is not None)
     loop = asyncio.get_running_loop()
     protocol: dict[str, Any] = {
-        "vhost": vhost,
-        "user": unquote(parts.username or "guest"),
-        "password": unquote(parts.password or "guest"),
+        "vhost": address.vhost,
+        "user": address.user,
+        "password": address.password,
         "name": name,
         "heartbeat": heartbeat,
     }
-    port = parts.port or (5671 if ssl is not None else 5672)
-    host = parts.hostname or "localhost"
+    host = address.host
     async with asyncio.timeout(HANDSHAKE_TIMEOUT):
         _, conn = await loop.create_connection(
             lambda: Connection(**protocol),
             host,
-            port,
+            address.port,
             ssl=ssl,
             server_hostname=host if ssl is not None else None,
         )
