@@ -9,7 +9,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 import structlog
 
@@ -29,7 +28,9 @@ from leveret.publisher.core import (
     amqp_properties,
     envelopes,
     gave_up,
+    heartbeat,
     missing_exchange,
+    refusal,
     unroutable,
 )
 
@@ -81,23 +82,17 @@ async def connect(urls: Sequence[str], *, name: str, attempts: int = 1) -> amqp.
     last: BaseException | None = None
     for _ in range(attempts):
         for url in urls:
-            query = dict(parse_qsl(urlsplit(url).query))
             try:
                 return await amqp.connect(
                     url,
                     name=name,
-                    heartbeat=int(query.get("heartbeat", connection.HEARTBEAT)),
+                    heartbeat=heartbeat(url),
                     ssl=connection.tls_context(url),
                 )
-            except amqp.AuthenticationFailed as exc:
-                raise BrokerUnavailable(
-                    f"broker at {connection.redact(url)} refused the credentials"
-                ) from exc
             except amqp.ConnectionLost as exc:
-                if exc.code == 530:  # NOT_ALLOWED: no such vhost, or not this user's
-                    raise BrokerUnavailable(
-                        f"broker at {connection.redact(url)} denied access to the vhost: {exc.text}"
-                    ) from exc
+                refused = refusal(url, exc)
+                if refused is not None:
+                    raise refused from exc
                 last = exc
             except (OSError, TimeoutError) as exc:
                 last = exc

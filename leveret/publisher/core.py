@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from leveret import amqp, connection, tracing, wire
 from leveret import delay as leveret_delay
@@ -173,6 +174,22 @@ def gave_up(urls: Sequence[str], cause: BaseException | None) -> BrokerUnavailab
             return BrokerUnavailable(str(cause))
         cause = cause.__cause__
     return BrokerUnavailable(connection.unreachable(urls))
+
+
+def heartbeat(url: str) -> int:
+    """The heartbeat interval a URL asks for (``?heartbeat=``), or leveret's default."""
+    return int(dict(parse_qsl(urlsplit(url).query)).get("heartbeat", connection.HEARTBEAT))
+
+
+def refusal(url: str, exc: amqp.ConnectionLost) -> BrokerUnavailable | None:
+    """The error of a node that refused the credentials or the vhost, or None if it did not."""
+    if isinstance(exc, amqp.AuthenticationFailed):
+        return BrokerUnavailable(f"broker at {connection.redact(url)} refused the credentials")
+    if exc.code == 530:  # NOT_ALLOWED: no such vhost, or not this user's
+        return BrokerUnavailable(
+            f"broker at {connection.redact(url)} denied access to the vhost: {exc.text}"
+        )
+    return None
 
 
 def unroutable(env: wire.Envelope) -> str:

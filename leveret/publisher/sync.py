@@ -17,7 +17,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 import structlog
 
@@ -25,7 +24,6 @@ from leveret import amqp, connection, tracing, wire
 from leveret.amqp.blocking import ConfirmLink
 from leveret.errors import (
     AccessRefused,
-    BrokerUnavailable,
     LeveretError,
     NotConfirmed,
     TopologyMissing,
@@ -39,7 +37,9 @@ from leveret.publisher.core import (
     amqp_properties,
     envelopes,
     gave_up,
+    heartbeat,
     missing_exchange,
+    refusal,
     unroutable,
 )
 
@@ -116,12 +116,11 @@ class _Link:
         """
         error: BaseException | None = None
         for url in self.urls:
-            query = dict(parse_qsl(urlsplit(url).query))
             try:
                 self._conn = ConfirmLink.open(
                     url,
                     name="leveret-publisher",
-                    heartbeat=int(query.get("heartbeat", connection.HEARTBEAT)),
+                    heartbeat=heartbeat(url),
                     tls=connection.tls_context(url),
                     timeout=OPEN_TIMEOUT,
                     on_confirm=self._on_confirm,
@@ -129,17 +128,11 @@ class _Link:
                     on_channel_closed=self._on_channel_closed,
                     on_ready=self._io_drain,
                 )
-            except amqp.AuthenticationFailed as exc:
-                error = BrokerUnavailable(
-                    f"broker at {connection.redact(url)} refused the credentials"
-                )
-                error.__cause__ = exc
             except amqp.ConnectionLost as exc:
-                error = exc
-                if exc.code == 530:  # NOT_ALLOWED: no such vhost, or not this user's
-                    error = BrokerUnavailable(
-                        f"broker at {connection.redact(url)} denied access to the vhost: {exc.text}"
-                    )
+                # A refusal is retried too (the user may not exist yet), and named
+                # if the publish gives up (gave_up).
+                error = refusal(url, exc) or exc
+                if error is not exc:
                     error.__cause__ = exc
             except (amqp.AMQPError, OSError, TimeoutError) as exc:
                 error = exc
