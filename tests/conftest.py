@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pika
@@ -211,3 +214,41 @@ def rabbitmqctl(*args: str) -> str:
     return subprocess.run(
         ["rabbitmqctl", *args], check=True, capture_output=True, text=True, timeout=60
     ).stdout
+
+
+# --- a real browser ----------------------------------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+@pytest.fixture
+def chromium() -> str:
+    """Debian's Chromium, for Playwright's ``executable_path`` (no browser download).
+
+    Missing, the test is skipped with the reason, or fails with LEVERET_BROWSER=required.
+    """
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("LEVERET_BROWSER") == "required":
+            pytest.fail(f"LEVERET_BROWSER=required, but {CHROMIUM} is missing", pytrace=False)
+        pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium (Debian's package)")
+    pytest.importorskip("playwright.sync_api")
+    return CHROMIUM
+
+
+@pytest.fixture
+def screenshot(tmp_path: Path) -> Callable[[Any, str], Path]:
+    """Save a full-page screenshot of a Playwright page to the test's folder.
+
+    ``docs/<name>`` is written only when LEVERET_UPDATE_SCREENSHOT is set or it
+    does not exist yet, so a test run leaves the documentation as it was.
+    """
+
+    def take(page: Any, name: str) -> Path:
+        shot = tmp_path / name
+        page.screenshot(path=str(shot), full_page=True)
+        if os.environ.get("LEVERET_UPDATE_SCREENSHOT") or not (DOCS / name).exists():
+            shutil.copyfile(shot, DOCS / name)
+        return shot
+
+    return take

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import socket
 import threading
 import time
@@ -34,8 +33,6 @@ from tests.conftest import Pipeline
 
 TOKEN = "dash-token-9f1c"
 SECRET_IN_ERROR = "postgresql://app:hunter2@db.internal/app"
-DOCS = Path(__file__).resolve().parent.parent / "docs"
-CHROMIUM = "/usr/bin/chromium"
 
 
 # --- the rules, without a server ------------------------------------------------------
@@ -510,24 +507,20 @@ def test_job_lookup_shows_the_status_store(
 # --- a real browser ----------------------------------------------------------------------
 
 
-def _chromium() -> None:
-    if not Path(CHROMIUM).exists() or shutil.which("chromium") is None:
-        if os.environ.get("LEVERET_BROWSER") == "required":
-            pytest.fail(f"{CHROMIUM} is missing (apt-get install -y chromium)", pytrace=False)
-        pytest.skip(
-            f"{CHROMIUM} is missing; apt-get install -y chromium (LEVERET_BROWSER=required)"
-        )
+def test_in_headless_chromium(
+    pipeline: Pipeline,
+    serve: Callable[..., Served],
+    chromium: str,
+    screenshot: Callable[[Any, str], Path],
+) -> None:
+    from playwright import sync_api
 
-
-def test_in_headless_chromium(pipeline: Pipeline, serve: Callable[..., Served]) -> None:
-    _chromium()
-    sync_api = pytest.importorskip("playwright.sync_api")
     for n in range(2):
         pipeline.publish(apps.Task(n=n))
     ids = dead_letters(pipeline, 4)
     served = serve()
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 640})
             page.goto(f"{served.base}/login?next=/")
@@ -536,11 +529,11 @@ def test_in_headless_chromium(pipeline: Pipeline, serve: Callable[..., Served]) 
             page.wait_for_url(f"{served.base}/")
             row = page.locator(f'tr[data-name="{pipeline.queue}.dlq"] td[data-field="messages"]')
             assert row.inner_text() == "4"
-            page.screenshot(path=str(DOCS / "dashboard-queues.png"), full_page=True)
+            screenshot(page, "dashboard-queues.png")
 
             page.click(f'a[href="/queues/{pipeline.queue}/dlq"]')
             assert page.locator("a.letter").count() == 4
-            page.screenshot(path=str(DOCS / "dashboard-dlq.png"), full_page=True)
+            screenshot(page, "dashboard-dlq.png")
 
             page.click(f"a.letter >> text={ids[2]}")
             assert "RuntimeError: failing on purpose" in page.inner_text("pre.traceback")

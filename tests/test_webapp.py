@@ -12,7 +12,6 @@ import email
 import email.policy
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -39,8 +38,6 @@ from leveret.status import app as status_app
 from leveret.topology import dead_exchange, dead_letter_queue, retry_exchange
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
-SCREENSHOT = ROOT / "docs" / "webapp-progress.png"
 SCHEMAS = ROOT / "examples" / "webapp" / "schemas"
 
 
@@ -402,19 +399,17 @@ def test_worker_memory_stays_flat_for_a_large_export(settings: Settings) -> None
 
 
 def test_browser_requests_an_export_watches_it_and_downloads(
-    start: Callable[..., Stack], tmp_path: Path
+    start: Callable[..., Stack],
+    tmp_path: Path,
+    chromium: str,
+    screenshot: Callable[[Any, str], Path],
 ) -> None:
-    required = os.environ.get("LEVERET_BROWSER") == "required"
-    if not Path(CHROMIUM).exists():
-        if required:
-            pytest.fail(f"LEVERET_BROWSER=required, but {CHROMIUM} is missing", pytrace=False)
-        pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium (Debian's package)")
     from playwright.sync_api import sync_playwright
 
     stack = start(chunk_pause=0.4)
     rows = 10_000
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True)
         try:
             page = browser.new_page(viewport={"width": 900, "height": 760}, accept_downloads=True)
             page.goto(f"{stack.base_url}/")
@@ -440,10 +435,7 @@ def test_browser_requests_an_export_watches_it_and_downloads(
             assert f"wrote {rows:,} of {rows:,} rows" in log
             assert "emailed the link to ada@example.com" in log
 
-            shot = tmp_path / "webapp-progress.png"
-            page.screenshot(path=str(shot), full_page=True)
-            if os.environ.get("LEVERET_UPDATE_SCREENSHOT") or not SCREENSHOT.exists():
-                shutil.copyfile(shot, SCREENSHOT)
+            screenshot(page, "webapp-progress.png")
 
             with page.expect_download() as downloading:
                 page.click("#download")
