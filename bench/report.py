@@ -398,16 +398,28 @@ def scale_table(data: dict[str, Any]) -> str:
     return "\n\n".join(out)
 
 
+IDLE_BOUND = 0.1
+"""Below this share of idle samples, the profiled worker counts as CPU-bound."""
+
+
 def profile_section(prof: dict[str, Any] | None) -> str:
     if not prof:
         return "_Not run (`--no-profile`)._"
     if prof.get("error"):
         return f"_The profile failed: {prof['error']}_"
+    idle = prof["idle_share"]
+    verdict = (
+        "the worker is CPU-bound, not waiting for the broker"
+        if idle < IDLE_BOUND
+        else "the worker is busy most of the time, and waits for the broker the rest of it"
+        if idle < 0.5
+        else "the broker, not the worker, sets the pace"
+    )
     lines = [
         f"py-spy sampled the worker at {prof['rate_hz']} Hz while it drained {prof['messages']:,} "
         f"messages ({prof['msgs_per_s_under_profiler']:,.0f} msg/s under the profiler). Its "
-        f"event-loop thread was idle (waiting on the socket) in {prof['idle_share']:.0%} of the "
-        f"samples: the worker is CPU-bound, not waiting for the broker. Busy loop time per "
+        f"event-loop thread was idle (waiting on the socket) in {idle:.0%} of the "
+        f"samples: {verdict}. Busy loop time per "
         f"message: about {prof['busy_us_per_message']:.0f} µs (with the profiler's own overhead).",
         "",
         "Busy samples by the package of the innermost frame (self time):",
