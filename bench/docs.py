@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
+from bench.scenarios import latency, scale
+from bench.systems import ALL
 
 
 def _get(med: dict[Any, Any], scenario: str, field: str, system: str) -> float | None:
@@ -323,6 +325,46 @@ def findings(data: dict[str, Any]) -> list[str]:
     return out
 
 
+def saturation(data: dict[str, Any]) -> list[str]:
+    """Per system of the offered-load curve: the highest rate it kept up with, and the first it
+    did not."""
+    pts = [
+        p
+        for p in data.get("scale", [])
+        if p["curve"] == "load" and p["result"].get("status") == "ok"
+    ]
+    if not pts:
+        return []
+    parts = []
+    for system in [s for s in ALL if any(p["system"] == s for p in pts)]:
+        mine = sorted((p for p in pts if p["system"] == system), key=lambda p: p["x"])
+        kept = [p for p in mine if scale.kept_up(p["result"])]
+        fell = next((p for p in mine if not scale.kept_up(p["result"])), None)
+        text = (
+            f"{system} kept up to {kept[-1]['x']:,} msg/s"
+            if kept
+            else f"{system} kept up with none"
+        )
+        if kept:
+            res = kept[-1]["result"]
+            text += f" (p99 {res['p99_ms']:.1f} ms)"
+        if fell is not None:
+            res = fell["result"]
+            who = (
+                "its publishers"
+                if res["achieved_rate"] < scale.KEPT_UP * res["offered_rate"]
+                else "its consumer"
+            )
+            text += (
+                f" and fell behind at {fell['x']:,} ({who}: published "
+                f"{res['achieved_rate']:,.0f}, consumed {res['consumer_rate']:,.0f} msg/s)"
+            )
+        else:
+            text += ", the highest rate offered"
+        parts.append(text)
+    return [f"Offered load: {'; '.join(parts)}."]
+
+
 def raw_ahead(data: dict[str, Any]) -> list[str]:
     """Where a raw client still beats leveret in this run, though no target covers it."""
     med = report.medians(data)
@@ -424,6 +466,8 @@ def render(data: dict[str, Any], pngs: list[Path]) -> str:
     versions = env.get("versions", {})
     sizes = env.get("sizes", {})
     png_names = [p.name for p in pngs]
+    seconds = env.get("seconds")
+    minutes = f"{round(seconds / 60)} minutes" if seconds else "about half an hour"
     L: list[str] = []
     w = L.append
     w("# Performance")
@@ -433,7 +477,8 @@ def render(data: dict[str, Any], pngs: list[Path]) -> str:
         "client (the broker's reference: what a compiled client gets) on the same local "
         "RabbitMQ, each with the guarantees leveret gives by default: persistent messages, a "
         "publisher confirm for every message, and an ack only after the handler returned. "
-        "The suite is in `bench/` (`make bench`, about 20 minutes on 2 cores; `make bench-smoke`, "
+        f"The suite is in `bench/` (`make bench`, {minutes} on 2 cores in the last run; "
+        "`make bench-smoke`, "
         "the smoke test that CI runs). **This page is generated** by `bench/run.py` from the results of the last full "
         "run (`bench/results/last.json`); edit `bench/docs.py`, not this file."
     )
@@ -594,8 +639,10 @@ def render(data: dict[str, Any], pngs: list[Path]) -> str:
     )
     w(
         f"- **Latency**: with the consumer running and warmed up, messages are published on a fixed "
-        f"schedule of {env.get('rate', 500):g} msg/s (blocking APIs from 4 pacing threads, asyncio "
-        "APIs one task per message; the Go consumer gets its messages from raw pika callers), each stamped with `time.time()` just before its publish call; "
+        f"schedule of {env.get('rate', 500):g} msg/s (blocking APIs from {latency.PACERS} pacing "
+        f"threads, or one per {latency.PACE_PER_THREAD} msg/s offered where that is more, on the "
+        "offered-load curve; asyncio APIs one task per message; the Go consumer gets its messages "
+        "from raw pika callers), each stamped with `time.time()` just before its publish call; "
         "latency is the handler's start minus that stamp."
     )
     w(
@@ -617,9 +664,17 @@ def render(data: dict[str, Any], pngs: list[Path]) -> str:
     w("")
     if data.get("scale"):
         w(
-            "Drain throughput (one round each, not medians) with one setting changed; the other "
-            "settings are those of the table above."
+            "One round each, not medians, with one setting changed; the other settings are those "
+            "of the table above. The first four curves are drain throughput; the last is the "
+            "latency of the latency scenario as the offered rate grows, up to and past the rate "
+            "where this machine (publishers, broker and consumer on the same two cores) stops "
+            "keeping up: a point fell behind when its publishers or its consumer ran below "
+            f"{scale.KEPT_UP:.0%} of the offered rate, and its latency is then mostly time spent "
+            "waiting in a queue."
         )
+        for line in saturation(data):
+            w("")
+            w(line)
         w("")
         if "bench-scale.png" in png_names:
             w("![scale curves](bench-scale.png)")

@@ -174,9 +174,7 @@ def problems(data: dict[str, Any]) -> list[str]:
     out = []
     for run in [*data["runs"], *data.get("scale", [])]:
         res = run["result"]
-        what = (
-            f"{run['system']} {run['scenario'] if 'scenario' in run else 'scale ' + run['curve']}"
-        )
+        what = f"{run['system']} {'scale ' + run['curve'] if 'curve' in run else run['scenario']}"
         if res.get("status") == "error":
             out.append(f"{what}: {res.get('error', '').splitlines()[0][:300]}")
         elif res.get("lost") or res.get("left"):
@@ -342,23 +340,44 @@ def plots(data: dict[str, Any], directory: Path) -> list[Path]:
         made.append(path)
     curves = data.get("scale") or []
     if curves:
-        from bench.scenarios.scale import CURVES
+        from bench.scenarios.scale import CURVES, kept_up
 
         names = [c for c in CURVES if any(p["curve"] == c for p in curves)]
         fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.8), squeeze=False)
         for ax, name in zip(axes.flat, names, strict=False):
             pts = [p for p in curves if p["curve"] == name and p["result"].get("status") == "ok"]
+            latency = CURVES[name].get("scenario") == "latency"
             for system in sorted({p["system"] for p in pts}, key=ALL.index):
                 mine = [p for p in pts if p["system"] == system]
                 xs = [str(p["x"]) for p in mine]
-                ys = [p["result"]["msgs_per_s"] for p in mine]
-                ax.plot(
-                    xs, ys, marker="o", label=system, color="#d62728" if system == BASE else None
+                color = "#d62728" if system == BASE else None
+                if not latency:
+                    ys = [p["result"]["msgs_per_s"] for p in mine]
+                    ax.plot(xs, ys, marker="o", label=system, color=color)
+                    continue
+                (line,) = ax.plot(
+                    xs, [p["result"]["p99_ms"] for p in mine], marker="o", label=system, color=color
                 )
-            ax.set_title(f"drain throughput vs {CURVES[name]['label']}", fontsize=10)
+                # Hollow: the point where publishers or consumer fell behind the offered rate.
+                behind = [(x, p) for x, p in zip(xs, mine, strict=True) if not kept_up(p["result"])]
+                ax.plot(
+                    [x for x, _ in behind],
+                    [p["result"]["p99_ms"] for _, p in behind],
+                    linestyle="none",
+                    marker="o",
+                    markersize=10,
+                    markerfacecolor="white",
+                    color=line.get_color(),
+                )
+            if latency:
+                ax.set_title("p99 latency vs offered load (hollow: fell behind)", fontsize=10)
+                ax.set_ylabel("ms")
+                ax.set_yscale("log")
+            else:
+                ax.set_title(f"drain throughput vs {CURVES[name]['label']}", fontsize=10)
+                ax.set_ylabel("msg/s")
+                ax.set_ylim(bottom=0)
             ax.set_xlabel(CURVES[name]["label"])
-            ax.set_ylabel("msg/s")
-            ax.set_ylim(bottom=0)
             ax.legend(fontsize=8)
         fig.tight_layout()
         path = directory / "bench-scale.png"
@@ -372,7 +391,7 @@ def plots(data: dict[str, Any], directory: Path) -> list[Path]:
 
 
 def scale_table(data: dict[str, Any]) -> str:
-    from bench.scenarios.scale import CURVES
+    from bench.scenarios.scale import CURVES, kept_up
 
     curves = data.get("scale") or []
     out = []
@@ -382,18 +401,27 @@ def scale_table(data: dict[str, Any]) -> str:
             continue
         systems = [s for s in ALL if any(p["system"] == s for p in pts)]
         xs = list(dict.fromkeys(str(p["x"]) for p in pts))
-        header = [spec["label"], *(f"{s} msg/s (peak RSS MiB)" for s in systems)]
+        latency = spec.get("scenario") == "latency"
+        unit = "p50 / p99 ms" if latency else "msg/s (peak RSS MiB)"
+        header = [spec["label"], *(f"{s} {unit}" for s in systems)]
         body = []
         for x in xs:
             row = [x]
             for s in systems:
                 res = next((p["result"] for p in pts if str(p["x"]) == x and p["system"] == s), {})
-                if res.get("status") == "ok":
-                    row.append(f"{res['msgs_per_s']:,.0f} ({res['rss_mib']:.0f})")
-                else:
+                if res.get("status") != "ok":
                     row.append(res.get("status", "-"))
+                elif not latency:
+                    row.append(f"{res['msgs_per_s']:,.0f} ({res['rss_mib']:.0f})")
+                elif kept_up(res):
+                    row.append(f"{res['p50_ms']:.1f} / {res['p99_ms']:.1f}")
+                else:
+                    row.append(
+                        f"{res['p50_ms']:,.1f} / {res['p99_ms']:,.1f}, fell behind: published "
+                        f"{res['achieved_rate']:,.0f}, consumed {res['consumer_rate']:,.0f} msg/s"
+                    )
             body.append(row)
-        n = ", ".join(sorted({str(p["n"]) for p in pts}))
+        n = ", ".join(f"{n:,}" for n in sorted({p["n"] for p in pts}))
         out.append(f"**{spec['label']}** ({n} messages per point)\n\n" + md_table(header, body))
     return "\n\n".join(out)
 

@@ -68,7 +68,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--scale",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="scale curves: workers, prefetch, payload size (default: on unless --quick)",
+        help="scale curves: workers, prefetch, queue type, payload size, offered load "
+        "(default: on unless --quick)",
+    )
+    p.add_argument(
+        "--curves",
+        help=f"comma-separated, of {list(scale.CURVES)} (default: all; implies --scale)",
     )
     p.add_argument(
         "--profile",
@@ -107,6 +112,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"unknown scenario {s!r}; known: {', '.join(SCENARIOS)}")
     full = not args.quick
     args.rounds = args.rounds or (3 if full else 1)
+    args.curves = [c.strip() for c in args.curves.split(",") if c.strip()] if args.curves else None
+    for c in args.curves or []:
+        if c not in scale.CURVES:
+            p.error(f"unknown curve {c!r}; known: {', '.join(scale.CURVES)}")
+    if args.scale is None and args.curves:
+        args.scale = True
     args.scale = full if args.scale is None else args.scale
     args.profile = full if args.profile is None else args.profile
     args.doc = full if args.doc is None else args.doc
@@ -438,21 +449,21 @@ def main(argv: list[str] | None = None) -> int:
                 )
     curves: list[dict[str, Any]] = []
     if args.scale:
-        for point in scale.points(args.systems):
+        for point in scale.points(args.systems, args.curves):
             res = run_one(
                 args,
                 sentinel,
                 meter,
                 point["system"],
-                "drain",
+                point["scenario"],
                 point["n"],
                 point["params"],
                 workroot,
             )
             curves.append({**point, "result": res})
             print(
-                f"  scale {point['curve']:<8} {point['x']!s:<6} {point['system']:<10} "
-                f"{report.brief('drain', res)}",
+                f"  scale {point['curve']:<10} {point['x']!s:<6} {point['system']:<10} "
+                f"{report.brief(point['scenario'], res)}",
                 file=sys.stderr,
                 flush=True,
             )

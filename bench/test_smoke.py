@@ -8,7 +8,8 @@ raw aio-pika, and the Go client when a ``go`` toolchain is installed (required w
 ``LEVERET_POLYGLOT=required``, as in CI). Dramatiq, Celery and FastStream are left to the full
 run (``make bench``, in bench/.venv). No timing is asserted: figures of a 100-message run on a
 shared machine are not a test. Needs the broker the suite uses (``BENCH_URL``, default
-amqp://guest:guest@127.0.0.1:5672/).
+amqp://guest:guest@127.0.0.1:5672/). A second test checks, without the broker, how the
+offered-load curve's points are reported.
 """
 
 from __future__ import annotations
@@ -88,3 +89,51 @@ def test_quick_run_accounts_for_every_message(tmp_path: Path) -> None:
         measured += 1
     # leveret and raw pika are always measured in every scenario they have an API for.
     assert measured >= sum(len(SCENARIOS) - len(without_api(s)) for s in ("leveret", "pika"))
+
+
+def test_the_load_curve_names_where_each_system_fell_behind() -> None:
+    from bench import docs, report
+    from bench.scenarios import scale
+
+    load = scale.points(["leveret", "pika"], ["load"])
+    assert {p["scenario"] for p in load} == {"latency"}
+    assert {p["system"] for p in load} == {"leveret", "pika"}
+    assert [p["x"] for p in load if p["system"] == "leveret"] == sorted(
+        p["x"] for p in load if p["system"] == "leveret"
+    )
+
+    def point(system: str, rate: int, published: float, consumed: float) -> dict[str, object]:
+        return {
+            "curve": "load",
+            "scenario": "latency",
+            "x": rate,
+            "system": system,
+            "n": 3 * rate,
+            "params": {"rate": rate},
+            "result": {
+                "status": "ok",
+                "p50_ms": 1.0,
+                "p99_ms": 4.0 if consumed >= rate else 900.0,
+                "offered_rate": rate,
+                "achieved_rate": published,
+                "consumer_rate": consumed,
+            },
+        }
+
+    data = {
+        "scale": [
+            point("leveret", 1000, 1000, 1000),
+            point("leveret", 2000, 1990, 1500),  # the consumer fell behind
+            point("pika", 1000, 1000, 1000),
+            point("pika", 2000, 1200, 1200),  # the publishers fell behind
+        ]
+    }
+    assert docs.saturation(data) == [
+        "Offered load: leveret kept up to 1,000 msg/s (p99 4.0 ms) and fell behind at 2,000 "
+        "(its consumer: published 1,990, consumed 1,500 msg/s); pika kept up to 1,000 msg/s "
+        "(p99 4.0 ms) and fell behind at 2,000 (its publishers: published 1,200, consumed "
+        "1,200 msg/s)."
+    ]
+    table = report.scale_table(data)
+    assert "| 1000 | 1.0 / 4.0 | 1.0 / 4.0 |" in table
+    assert "1.0 / 900.0, fell behind: published 1,990, consumed 1,500 msg/s" in table

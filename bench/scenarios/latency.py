@@ -1,14 +1,16 @@
 """End-to-end latency at a fixed offered rate (500 msg/s by default): the consumer is running
 and warmed up; messages are published on a fixed schedule, each stamped with its send time
 (wall clock) just before its publish call; the consumer records when its handler starts.
-Latency = handler start - send time. Blocking APIs publish from PACERS threads (so one slow
-confirm does not hold the schedule back), asyncio APIs from one task per message.
+Latency = handler start - send time. Blocking APIs publish from PACERS threads, or one per
+PACE_PER_THREAD msg/s offered if that is more (so one slow confirm does not hold the schedule
+back), asyncio APIs from one task per message.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import threading
 import time
 from pathlib import Path
@@ -18,6 +20,9 @@ from bench import common
 from bench.systems import System
 
 PACERS = 4
+PACE_PER_THREAD = 250
+"""Blocking APIs get one pacing thread per this many msg/s offered, and at least PACERS: a
+thread waits for each confirm (about a millisecond here) before its next publish."""
 WARMUP = 20
 
 
@@ -64,9 +69,10 @@ def _thread_paced(
     rate: float,
     consumers: common.Consumers,
 ) -> float:
-    callers = [system.caller() for _ in range(PACERS)]
+    pacers = max(PACERS, math.ceil(rate / PACE_PER_THREAD))
+    callers = [system.caller() for _ in range(pacers)]
     for i, p in enumerate(warm):
-        callers[i % PACERS].send(common.stamp(p))
+        callers[i % pacers].send(common.stamp(p))
     _warm_wait(consumers, warm)
     counter = itertools.count()
     lock = threading.Lock()
