@@ -343,7 +343,11 @@ def plots(data: dict[str, Any], directory: Path) -> list[Path]:
         from bench.scenarios.scale import CURVES, kept_up
 
         names = [c for c in CURVES if any(p["curve"] == c for p in curves)]
-        fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.8), squeeze=False)
+        cols = min(3, len(names))
+        rows = math.ceil(len(names) / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4 * rows), squeeze=False)
+        for ax in axes.flat[len(names) :]:
+            ax.set_visible(False)
         for ax, name in zip(axes.flat, names, strict=False):
             pts = [p for p in curves if p["curve"] == name and p["result"].get("status") == "ok"]
             latency = CURVES[name].get("scenario") == "latency"

@@ -102,7 +102,9 @@ def test_the_load_curve_names_where_each_system_fell_behind() -> None:
         p["x"] for p in load if p["system"] == "leveret"
     )
 
-    def point(system: str, rate: int, published: float, consumed: float) -> dict[str, object]:
+    def point(
+        system: str, rate: int, published: float, consumed: float, p50: float = 1.0
+    ) -> dict[str, object]:
         return {
             "curve": "load",
             "scenario": "latency",
@@ -112,7 +114,7 @@ def test_the_load_curve_names_where_each_system_fell_behind() -> None:
             "params": {"rate": rate},
             "result": {
                 "status": "ok",
-                "p50_ms": 1.0,
+                "p50_ms": p50,
                 "p99_ms": 4.0 if consumed >= rate else 900.0,
                 "offered_rate": rate,
                 "achieved_rate": published,
@@ -126,13 +128,16 @@ def test_the_load_curve_names_where_each_system_fell_behind() -> None:
             point("leveret", 2000, 1990, 1500),  # the consumer fell behind
             point("pika", 1000, 1000, 1000),
             point("pika", 2000, 1200, 1200),  # the publishers fell behind
+            point("dramatiq", 1000, 1000, 1000),
+            point("dramatiq", 2000, 2000, 1990, p50=50.0),  # a queue built up
         ]
     }
     assert docs.saturation(data) == [
         "Offered load: leveret kept up to 1,000 msg/s (p99 4.0 ms) and fell behind at 2,000 "
         "(its consumer: published 1,990, consumed 1,500 msg/s); pika kept up to 1,000 msg/s "
         "(p99 4.0 ms) and fell behind at 2,000 (its publishers: published 1,200, consumed "
-        "1,200 msg/s)."
+        "1,200 msg/s); dramatiq kept up to 1,000 msg/s (p99 4.0 ms) and fell behind at 2,000 "
+        "(a queue built up, median 50 ms: published 2,000, consumed 1,990 msg/s)."
     ]
     table = report.scale_table(data)
     assert "| 1000 | 1.0 / 4.0 | 1.0 / 4.0 |" in table
