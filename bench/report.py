@@ -362,7 +362,7 @@ def plots(data: dict[str, Any], directory: Path) -> list[Path]:
                 (line,) = ax.plot(
                     xs, [p["result"]["p99_ms"] for p in mine], marker="o", label=system, color=color
                 )
-                # Hollow: the point where publishers or consumer fell behind the offered rate.
+                # Hollow: a point that did not keep up (publishers, consumer or a queue).
                 behind = [(x, p) for x, p in zip(xs, mine, strict=True) if not kept_up(p["result"])]
                 ax.plot(
                     [x for x, _ in behind],
