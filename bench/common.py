@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
+DEFAULT_URL = "amqp://127.0.0.1:5672/"
+"""When BENCH_URL is unset. Without credentials every client here logs in as RabbitMQ's default
+user (guest)."""
 WARM_PREFIX = "warm-"
 """Ids of warm-up messages: sent before the clock starts, counted but not timed."""
 

@@ -8,7 +8,7 @@ raw aio-pika, and the Go client when a ``go`` toolchain is installed (required w
 ``LEVERET_POLYGLOT=required``, as in CI). Dramatiq, Celery and FastStream are left to the full
 run (``make bench``, in bench/.venv). No timing is asserted: figures of a 100-message run on a
 shared machine are not a test. Needs the broker the suite uses (``BENCH_URL``, default
-amqp://guest:guest@127.0.0.1:5672/). A second test checks, without the broker, how the
+amqp://127.0.0.1:5672/). A second test checks, without the broker, how the
 offered-load curve's points are reported.
 """
 

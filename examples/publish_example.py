@@ -1,6 +1,6 @@
 """Publish a few demo export tasks, the way a Flask or Django view would.
 
-    LEVERET_URL=amqp://guest:guest@localhost:5672/ python examples/publish_example.py 3
+    LEVERET_URL=amqp://localhost:5672/ python examples/publish_example.py 3
 
 In a web app, create one Publisher when the process starts and share it between
 requests and threads (it is thread-safe); ``publish`` returns the message id once
@@ -18,7 +18,7 @@ import sys
 from leveret.demo import ExportRequested
 from leveret.publisher import Publisher
 
-DEFAULT_URL = "amqp://guest:guest@localhost:5672/"
+DEFAULT_URL = "amqp://localhost:5672/"  # RabbitMQ's default user
 
 
 def main(argv: list[str] | None = None) -> int:

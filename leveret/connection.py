@@ -21,7 +21,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from leveret.errors import BrokerUnavailable, ConfigurationError
 
-DEFAULT_URL = "amqp://guest:guest@localhost:5672/"
+DEFAULT_URL = "amqp://localhost:5672/"
+"""No credentials in it: a URL without them logs in as RabbitMQ's default user (``guest``)."""
 HEARTBEAT = 30
 """Seconds between heartbeats; handlers never run on the I/O thread, so they cannot starve it."""
 

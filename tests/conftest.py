@@ -17,16 +17,35 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import pika
 import pytest
 
 from leveret import App, Outcome, Publisher, Topology, Worker, admin, connection
+from leveret.amqp.handshake import Address
 from leveret.errors import BrokerUnavailable
 from tests import apps
 
-LOCAL_URL = "amqp://guest:guest@127.0.0.1:5672/"
+LOCAL_URL = "amqp://127.0.0.1:5672/"
+"""When LEVERET_TEST_URL is unset: the local broker, as RabbitMQ's default user (a URL
+without credentials; :func:`login` says who that is)."""
+
+
+def login(url: str) -> tuple[str, str]:
+    """The user and password a client logs in with at ``url``, defaults applied."""
+    address = Address.of(url, tls=url.startswith("amqps:"))
+    return address.user, address.password
+
+
+def with_login(url: str) -> str:
+    """``url`` with the login it implies written in, so that a test can check that no
+    output shows its password."""
+    parts = urlsplit(url)
+    if parts.username is not None:
+        return url
+    user, password = (quote(part, safe="") for part in login(url))
+    return urlunsplit(parts._replace(netloc=f"{user}:{password}@{parts.netloc}"))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -49,7 +68,7 @@ def _keep_logging_unconfigured(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="session")
 def broker_url() -> Iterator[str]:
     """The URL of a running broker for the whole session."""
-    url = os.environ.get("LEVERET_TEST_URL", LOCAL_URL)
+    url = with_login(os.environ.get("LEVERET_TEST_URL", LOCAL_URL))
     try:
         connection.connect(url).close()
         yield url
@@ -66,7 +85,8 @@ def broker_url() -> Iterator[str]:
     try:
         with RabbitMqContainer("rabbitmq:3.10") as container:
             params = container.get_connection_params()
-            yield f"amqp://guest:guest@{params.host}:{params.port}/"
+            user, password = params.credentials.username, params.credentials.password
+            yield f"amqp://{user}:{password}@{params.host}:{params.port}/"
     except Exception as exc:
         pytest.fail(
             f"{reason}; testcontainers could not start RabbitMQ either: {exc}", pytrace=False
@@ -105,16 +125,13 @@ def refused(broker_url: str) -> Iterator[RefusedURLs]:
     """A wrong password, a vhost that does not exist, and a port nobody listens on."""
     parts = urlsplit(broker_url)
     host = f"{parts.hostname}:{parts.port or 5672}"
+    user, password = login(broker_url)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))  # bound, not listening: refused while the test runs
         yield RefusedURLs(
-            urlunsplit(parts._replace(netloc=f"{parts.username}:not-{parts.password}@{host}")),
+            urlunsplit(parts._replace(netloc=f"{user}:not-{password}@{host}")),
             urlunsplit(parts._replace(path="/no-such-vhost-for-leveret")),
-            urlunsplit(
-                parts._replace(
-                    netloc=f"{parts.username}:{parts.password}@127.0.0.1:{s.getsockname()[1]}"
-                )
-            ),
+            urlunsplit(parts._replace(netloc=f"{user}:{password}@127.0.0.1:{s.getsockname()[1]}")),
         )
 
 

@@ -135,7 +135,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--url", default=os.environ.get("LEVERET_TEST_URL", "amqp://guest:guest@127.0.0.1:5672/")
+        "--url", default=os.environ.get("LEVERET_TEST_URL", "amqp://127.0.0.1:5672/")
     )
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--workers", type=int, default=3)

@@ -38,7 +38,7 @@ class Proxy:
 
     def url(self, **query: int) -> str:
         params = "&".join(f"{k}={v}" for k, v in query.items())
-        return f"amqp://guest:guest@127.0.0.1:{self.port}/" + (f"?{params}" if params else "")
+        return f"amqp://127.0.0.1:{self.port}/" + (f"?{params}" if params else "")
 
     def cut(self) -> None:
         """Close every open connection abruptly, both sides."""

@@ -18,7 +18,7 @@ from leveret import admin
 from leveret.cli import main
 from leveret.cli.lazy import LazyGroup
 from tests.apps import topology
-from tests.conftest import Pipeline, rabbitmqctl
+from tests.conftest import Pipeline, login, rabbitmqctl
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -235,7 +235,7 @@ def vhost(broker_url: str) -> Iterator[str]:
     name = f"leveret-test-{uuid.uuid4().hex[:8]}"
     rabbitmqctl("add_vhost", name)
     try:
-        user = broker_url.split("//", 1)[1].split(":", 1)[0]
+        user, _password = login(broker_url)
         rabbitmqctl("set_permissions", "-p", name, user, ".*", ".*", ".*")
         yield broker_url.rstrip("/") + "/" + name
     finally:
@@ -313,7 +313,7 @@ def test_the_url_can_come_from_a_secret_file(pipeline: Pipeline, tmp_path: Path)
 def test_no_output_of_the_cli_shows_a_password(pipeline: Pipeline) -> None:
     env = dict(
         os.environ,
-        LEVERET_URL="amqp://guest:guest@127.0.0.1:5672/",
+        LEVERET_URL=pipeline.url,
         LEVERET_APP="tests.apps:app",
         LEVERET_TEST_QUEUE=pipeline.queue,
         LEVERET_TEST_EXCHANGE=pipeline.exchange,

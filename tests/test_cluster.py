@@ -37,7 +37,8 @@ from tests import apps
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "cluster.sh"
 NODES = ("leveret1@localhost", "leveret2@localhost", "leveret3@localhost")
-URLS = [f"amqp://guest:guest@127.0.0.1:{port}/" for port in (5681, 5682, 5683)]
+# No credentials: RabbitMQ's default user, which the cluster script leaves in place.
+URLS = [f"amqp://127.0.0.1:{port}/" for port in (5681, 5682, 5683)]
 CLUSTER_URL = ",".join(URLS)
 
 MESSAGES = 2000

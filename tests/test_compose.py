@@ -536,7 +536,7 @@ def test_the_example_help_runs_without_a_broker() -> None:
         capture_output=True,
         text=True,
         timeout=30,
-        env={**os.environ, "LEVERET_URL": "amqp://guest:guest@127.0.0.1:1/"},
+        env={**os.environ, "LEVERET_URL": "amqp://127.0.0.1:1/"},
     )
     assert result.returncode == 0, result.stderr
     assert "LEVERET_URL" in result.stdout

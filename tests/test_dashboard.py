@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import httpx
 import pika
@@ -29,7 +28,7 @@ from leveret.dashboard import Settings, create_app
 from leveret.dashboard.letters import Selector
 from leveret.dashboard.security import Guard, Identity, is_loopback
 from tests import apps
-from tests.conftest import Pipeline
+from tests.conftest import Pipeline, login
 
 TOKEN = "dash-token-9f1c"
 SECRET_IN_ERROR = "postgresql://app:hunter2@db.internal/app"
@@ -235,7 +234,7 @@ def test_queue_page_figures_match_admin_stats(
 def test_management_api_that_does_not_answer_falls_back_to_amqp(
     pipeline: Pipeline, serve: Callable[..., Served]
 ) -> None:
-    served = serve(management_url=f"http://guest:guest@127.0.0.1:{_free_port()}")
+    served = serve(management_url=f"http://127.0.0.1:{_free_port()}")
     data = served.get("/api/queues").json()
     assert data["source"] == "amqp"
     assert "not available" in data["note"]
@@ -251,8 +250,7 @@ def management(broker_url: str) -> str:
 
     It is asked with the test broker's credentials, as the dashboard asks it.
     """
-    parts = urlsplit(broker_url)
-    auth = (unquote(parts.username or "guest"), unquote(parts.password or "guest"))
+    auth = login(broker_url)
     try:
         httpx.get(f"{MANAGEMENT}/api/overview", auth=auth, timeout=5).raise_for_status()
     except httpx.HTTPError as exc:

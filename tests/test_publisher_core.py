@@ -12,7 +12,7 @@ from leveret.errors import ConfigurationError, MessageTooLarge
 from leveret.publisher.core import PublisherCore
 from tests.apps import Task, TaskV2
 
-CORE = PublisherCore("amqp://guest:guest@localhost/")
+CORE = PublisherCore("amqp://localhost/")
 
 
 def test_envelope_carries_the_contract() -> None:

@@ -21,7 +21,7 @@ import pytest
 from leveret import AsyncPublisher, Publisher, connection
 from leveret.errors import BrokerUnavailable, ConfigurationError
 from tests.apps import Task
-from tests.conftest import Pipeline, rabbitmqctl
+from tests.conftest import Pipeline, rabbitmqctl, with_login
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -112,7 +112,7 @@ def tls(broker_url: str) -> Iterator[tuple[int, Path]]:
 
 
 def tls_url(port: int, ca: Path) -> str:
-    return f"amqps://guest:guest@localhost:{port}/?cafile={ca}"
+    return with_login(f"amqps://localhost:{port}/?cafile={ca}")
 
 
 def test_publish_and_consume_over_verified_tls(tls: tuple[int, Path], pipeline: Pipeline) -> None:
@@ -153,4 +153,4 @@ def test_a_wrong_ca_fails_with_one_clear_line(tls: tuple[int, Path]) -> None:
 
 def test_a_missing_ca_file_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError, match="cannot load the TLS files"):
-        connection.tls_context("amqps://guest:guest@localhost:5671/?cafile=/nonexistent/ca.pem")
+        connection.tls_context(with_login("amqps://localhost:5671/?cafile=/nonexistent/ca.pem"))

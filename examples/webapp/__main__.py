@@ -1,6 +1,6 @@
 """``python -m examples.webapp``: the example web app, its workers and its status store.
 
-Needs RabbitMQ (``LEVERET_URL``, default ``amqp://guest:guest@localhost:5672/``).
+Needs RabbitMQ (``LEVERET_URL``, default ``amqp://localhost:5672/``).
 Jobs are recorded in ``leveret.db`` (SQLite) in ``WEBAPP_DATA`` (default
 ``/tmp/leveret-webapp``) unless ``LEVERET_STATUS_DB`` names another database
 (``postgresql+psycopg://...``); the exports and the "emails" go there too.

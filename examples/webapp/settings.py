@@ -9,7 +9,7 @@ from pathlib import Path
 
 from leveret.status import app as status_app
 
-DEFAULT_URL = "amqp://guest:guest@localhost:5672/"
+DEFAULT_URL = "amqp://localhost:5672/"  # RabbitMQ's default user
 DEFAULT_DATA = Path(tempfile.gettempdir()) / "leveret-webapp"
 
 

@@ -63,7 +63,7 @@ def url_option(func: F) -> F:
         "--url",
         envvar="LEVERET_URL",
         default=connection.DEFAULT_URL,
-        show_default="amqp://guest:***@localhost:5672/",
+        show_default=True,
         callback=_url_from_file,
         help="Broker URL, or several separated by commas (a cluster's nodes); "
         "LEVERET_URL_FILE names a file that holds it.",
