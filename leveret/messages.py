@@ -103,6 +103,11 @@ class Message(BaseModel):
         except ValidationError as exc:
             raise SchemaViolation(describe(type(self), exc)) from exc
 
+    # Validation from JSON or a dict need not go through the __init__ above (it
+    # only renames the error): without this mark pydantic calls it from every
+    # validation, and the body is validated twice.
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
     @classmethod
     def key(cls) -> tuple[str, int]:
         """Return the ``(type, version)`` pair that identifies this model."""

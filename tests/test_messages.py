@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
 import pytest
+from pydantic import field_validator
 
 from leveret import Message
 from leveret.errors import ConfigurationError, DecodeError, SchemaViolation
@@ -62,6 +65,35 @@ def test_decoding_tells_bad_json_from_a_schema_violation(
 ) -> None:
     with pytest.raises(error):
         Task.from_json(body)
+
+
+def test_a_body_is_validated_as_json_once() -> None:
+    checks: list[int] = []
+
+    class Stamped(Message, type="test.stamped", version=1):
+        n: int
+        at: datetime
+        ref: UUID
+
+        @field_validator("n")
+        @classmethod
+        def count(cls, n: int) -> int:
+            checks.append(n)
+            return n
+
+    body = b'{"n": 7, "at": "2026-11-23T10:00:00Z", "ref": "12345678-1234-5678-1234-567812345678"}'
+    # Strict JSON validation takes the JSON forms of a time and a UUID (strict
+    # Python validation, which building from keywords is, would not).
+    message = Stamped.from_json(body)
+    assert isinstance(message, Stamped)
+    assert message.at == datetime(2026, 11, 23, 10, tzinfo=UTC)
+    assert message.ref == UUID("12345678-1234-5678-1234-567812345678")
+    assert checks == [7]
+    assert Stamped.from_json(message.to_json()) == message
+    with pytest.raises(SchemaViolation, match=r"test\.stamped v1: n: Input should be a valid"):
+        Stamped.from_json(body.replace(b"7,", b'"7",'))
+    with pytest.raises(SchemaViolation, match=r"test\.stamped v1: n: Input should be a valid"):
+        Stamped(n="7", at=message.at, ref=message.ref)  # type: ignore[arg-type]
 
 
 def test_unknown_fields_are_ignored() -> None:
