@@ -60,10 +60,10 @@ async def attempt(
 ) -> Attempt:
     """Run one delivery through its handler and decide how to settle it.
 
-    The delivery's trace becomes the current one, and its trace-id is bound to
-    the log lines, for the rest of the caller's context: run each delivery in
-    a task of its own, as the worker does, and call :func:`settled` after
-    settling it, in the same task.
+    The delivery's trace becomes the current one, and its message id, queue,
+    attempt and trace id are bound to the log lines, for the rest of the
+    caller's context: run each delivery in a task of its own, as the worker
+    does, and call :func:`settled` after settling it, in the same task.
 
     Args:
         app: the handlers.
@@ -76,6 +76,7 @@ async def attempt(
         can_report: the status exchange exists (batch members report their end).
         now: the time of a failure.
     """
+    number = delivery.attempt
     trace = tracing.handle(
         queue,
         delivery.headers,
@@ -83,9 +84,11 @@ async def attempt(
         routing_key=delivery.routing_key,
         message_id=delivery.message_id,
         type=delivery.type,
-        attempt=delivery.attempt,
+        attempt=number,
     )
-    bind_contextvars(trace_id=trace.trace_id)
+    bind_contextvars(
+        message_id=delivery.message_id, queue=queue, attempt=number, trace_id=trace.trace_id
+    )
     tracked: Context | None = None
     member = isinstance(delivery.headers.get(wire.BATCH), str)
     if member and can_report:

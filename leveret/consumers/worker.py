@@ -21,7 +21,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import structlog
-from structlog.contextvars import bind_contextvars
 
 from leveret import amqp, connection, health, retry, wire
 from leveret.consumers.app import App
@@ -361,8 +360,7 @@ class Worker:
         delivery = to_delivery(dm)
         start = time.perf_counter()
         # The delivery's task has a context of its own (a copy of the reader's),
-        # so what is bound here ends with the task: nothing to unbind.
-        bind_contextvars(message_id=delivery.message_id, queue=queue, attempt=delivery.attempt)
+        # so what attempt() binds to the log lines ends with the task.
         done = await attempt(
             self.app,
             queue,

@@ -24,7 +24,6 @@ from typing import Any, TypeVar
 
 import pika
 import structlog
-from structlog.contextvars import bound_contextvars
 
 from leveret import dlq, tracing, wire
 from leveret import retry as leveret_retry
@@ -263,25 +262,20 @@ class Broker:
         policy = self.app.topology.queue(queue).retry
         self._by = queue
         try:
-            with bound_contextvars(
-                message_id=delivery.message_id, queue=queue, attempt=delivery.attempt
-            ):
-                done = await attempt(
-                    self.app,
-                    queue,
-                    delivery,
-                    publisher=self._publisher,
-                    executor=run.executor,
-                    consumer=f"{queue}@{self.identity}",
-                    max_size=self.max_size,
-                    can_report=self._can_report,
-                    now=lambda: self.now,
-                )
-                outcome = self._settle(queue, held, done.decision)
-                await settled(done, outcome, policy, now=self.now)
-                record = report(
-                    queue, delivery, done.decision, outcome, time.perf_counter() - start
-                )
+            done = await attempt(
+                self.app,
+                queue,
+                delivery,
+                publisher=self._publisher,
+                executor=run.executor,
+                consumer=f"{queue}@{self.identity}",
+                max_size=self.max_size,
+                can_report=self._can_report,
+                now=lambda: self.now,
+            )
+            outcome = self._settle(queue, held, done.decision)
+            await settled(done, outcome, policy, now=self.now)
+            record = report(queue, delivery, done.decision, outcome, time.perf_counter() - start)
         finally:
             self._by = "test"
         self.processed.append(record)
