@@ -438,6 +438,15 @@ def raw_ahead(data: dict[str, Any]) -> list[str]:
     return out
 
 
+def _extra_rounds(env: dict[str, Any]) -> str:
+    if env.get("latency_rounds", env["rounds"]) <= env["rounds"]:
+        return ""
+    return (
+        "; the last rounds run the latency scenario alone: its p99 is the one figure that the "
+        "broker's disk moves from round to round by more than the clients differ"
+    )
+
+
 def _rounds(data: dict[str, Any], scenario: str, system: str, field: str) -> list[float]:
     """A system's figure in each round of a scenario, in round order."""
     return [
@@ -510,8 +519,8 @@ def render(data: dict[str, Any], pngs: list[Path]) -> str:
     w("## Results")
     w("")
     w(
-        f"Medians of {env['rounds']} interleaved rounds (round 1 runs every system in turn for each "
-        "scenario, then round 2 ...). In brackets, the system's figure divided by leveret's: above 1 "
+        f"Medians of {report.rounds(env)} (round 1 runs every system in turn for each "
+        f"scenario, then round 2 ...{_extra_rounds(env)}). In brackets, the system's figure divided by leveret's: above 1 "
         "is better than leveret for ↑ rows, worse for ↓ rows."
     )
     w("")

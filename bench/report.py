@@ -155,12 +155,19 @@ def table(data: dict[str, Any]) -> str:
                 for i, (c, w) in enumerate(zip(r, widths, strict=True))
             )
         )
-    env = data["environment"]
     note = (
-        f"medians of {env['rounds']} interleaved round(s); (x) = system / leveret; "
+        f"medians of {rounds(data['environment'])}; (x) = system / leveret; "
         "↑ higher is better, ↓ lower is better"
     )
     return "\n".join(["", note, *lines])
+
+
+def rounds(env: dict[str, Any]) -> str:
+    """How many interleaved rounds a run had: "3 interleaved rounds (5 of latency)"."""
+    n = env["rounds"]
+    text = f"{n} interleaved round{'s' if n != 1 else ''}"
+    latency = env.get("latency_rounds", n)
+    return text + (f" ({latency} of latency)" if latency != n else "")
 
 
 def md_table(header: list[str], body: list[list[str]]) -> str:

@@ -142,3 +142,30 @@ def test_the_load_curve_names_where_each_system_fell_behind() -> None:
     table = report.scale_table(data)
     assert "| 1000 | 1.0 / 4.0 | 1.0 / 4.0 |" in table
     assert "1.0 / 900.0, fell behind: published 1,990, consumed 1,500 msg/s" in table
+
+
+def test_latency_has_rounds_of_its_own() -> None:
+    from bench import report, run
+
+    full = run.parse_args(["--systems", "leveret,pika", "--scenarios", "drain,latency"])
+    assert (full.rounds, full.latency_rounds) == (3, run.LATENCY_ROUNDS) == (3, 5)
+    order = run.plan(full)
+    assert order[:4] == [
+        (1, "drain", "leveret"),
+        (1, "drain", "pika"),
+        (1, "latency", "leveret"),
+        (1, "latency", "pika"),
+    ]
+    assert [r for r, scenario, _ in order if scenario == "drain"] == [1, 1, 2, 2, 3, 3]
+    assert order[-4:] == [
+        (4, "latency", "leveret"),
+        (4, "latency", "pika"),
+        (5, "latency", "leveret"),
+        (5, "latency", "pika"),
+    ]
+    assert report.rounds(vars(full)) == "3 interleaved rounds (5 of latency)"
+    quick = run.parse_args(["--quick", "--scenarios", "latency"])
+    assert (quick.rounds, quick.latency_rounds) == (1, 1)
+    assert report.rounds({"rounds": 1, "latency_rounds": 1}) == "1 interleaved round"
+    more = run.parse_args(["--rounds", "7"])
+    assert more.latency_rounds == 7
