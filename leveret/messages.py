@@ -103,9 +103,10 @@ class Message(BaseModel):
         except ValidationError as exc:
             raise SchemaViolation(describe(type(self), exc)) from exc
 
-    # Validation from JSON or a dict need not go through the __init__ above (it
-    # only renames the error): without this mark pydantic calls it from every
-    # validation, and the body is validated twice.
+    # The __init__ above only renames the error, so validation need not go
+    # through it: without this mark pydantic would turn a JSON body into
+    # keywords for it, validated as Python, where strict mode refuses the JSON
+    # form (a string) of a datetime or a UUID.
     __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
 
     @classmethod
