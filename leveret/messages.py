@@ -115,18 +115,6 @@ class Message(BaseModel):
         return (cls.message_type, cls.message_version)
 
     @classmethod
-    def from_payload(cls, payload: Any) -> Message:
-        """Validate a decoded JSON value (a dict) into this model.
-
-        Raises:
-            SchemaViolation: the payload does not match the schema.
-        """
-        try:
-            return cls.model_validate(payload)
-        except ValidationError as exc:
-            raise SchemaViolation(describe(cls, exc)) from exc
-
-    @classmethod
     def from_json(cls, body: bytes) -> Message:
         """Parse and validate a message body in one pass.
 
