@@ -401,6 +401,7 @@ def environment(args: argparse.Namespace, sentinel: Sentinel) -> dict[str, Any]:
         "command": " ".join([python_shown(), "bench/run.py", *sys.argv[1:]]),
         "rounds": args.rounds,
         "latency_rounds": args.latency_rounds,
+        "rotated": True,  # see plan()
         "sizes": args.sizes,
         "rate": args.rate,
         "load_before": os.getloadavg(),
@@ -411,17 +412,25 @@ def environment(args: argparse.Namespace, sentinel: Sentinel) -> dict[str, Any]:
 def plan(args: argparse.Namespace) -> list[tuple[int, str, str]]:
     """The measurements of the rounds, in order: (round, scenario, system).
 
-    Interleaved: each round runs every system in turn for each scenario. The latency scenario
-    has rounds of its own (``--latency-rounds``); past the others', it runs alone.
+    Interleaved: each round runs every system in turn for each scenario, starting one system
+    further on than the round before (A B C, then B C A, ...), so that no system always runs
+    first after another scenario, or after a given peer. The latency scenario has rounds of
+    its own (``--latency-rounds``); past the others', it runs alone.
     """
     last = {s: args.latency_rounds if s == "latency" else args.rounds for s in args.scenarios}
+    systems = list(args.systems)
     return [
         (rnd, scenario, system)
         for rnd in range(1, max(last.values(), default=0) + 1)
         for scenario in args.scenarios
         if rnd <= last[scenario]
-        for system in args.systems
+        for system in _rotated(systems, rnd - 1)
     ]
+
+
+def _rotated(items: list[str], by: int) -> list[str]:
+    by %= len(items) or 1
+    return items[by:] + items[:by]
 
 
 def python_shown() -> str:

@@ -156,12 +156,19 @@ def test_latency_has_rounds_of_its_own() -> None:
         (1, "latency", "leveret"),
         (1, "latency", "pika"),
     ]
+    assert order[4:6] == [(2, "drain", "pika"), (2, "drain", "leveret")]  # one further on
     assert [r for r, scenario, _ in order if scenario == "drain"] == [1, 1, 2, 2, 3, 3]
     assert order[-4:] == [
-        (4, "latency", "leveret"),
         (4, "latency", "pika"),
+        (4, "latency", "leveret"),
         (5, "latency", "leveret"),
         (5, "latency", "pika"),
+    ]
+    three = run.parse_args(["--systems", "leveret,pika,go", "--scenarios", "drain"])
+    assert [s for _, _, s in run.plan(three)] == [
+        *("leveret", "pika", "go"),
+        *("pika", "go", "leveret"),
+        *("go", "leveret", "pika"),
     ]
     assert report.rounds(vars(full)) == "3 interleaved rounds (5 of latency)"
     quick = run.parse_args(["--quick", "--scenarios", "latency"])
