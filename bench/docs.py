@@ -315,11 +315,11 @@ def findings(data: dict[str, Any]) -> list[str]:
             "leveret's shared `Publisher` (four threads on one connection), by a `Publisher` "
             "per thread or by raw pika's publishers (0.97, 1.01 and 0.96 ms, medians of four "
             "interleaved runs). Inside the worker, about 200 µs pass from the delivery's bytes to the "
-            "handler's first line at that rate, spread over reading the frames (45 µs), the "
-            "delivery's task (28), the delivery's record, gauge and log context (32), the trace "
-            "context (24), validation (38) and the handler's timeout (25); each costs several "
-            "times what it does in a busy drain, since the process sleeps between messages and "
-            "starts each one cold."
+            "handler's first line at that rate (stamped by hand), spread over reading the frames, "
+            "the delivery's task, its record, log and trace context, validation and the "
+            "handler's timeout, with no step far above the others; each costs several times what "
+            "it does in a busy drain, since the process sleeps between messages and starts each "
+            "one cold." + _paced(prof)
         )
 
     batch = _get(med, "publish_batch", "msgs_per_s", "leveret")
@@ -462,6 +462,24 @@ def _order(env: dict[str, Any]) -> str:
     if not env.get("rotated"):
         return ""
     return ", each round starting one system further on than the round before"
+
+
+def _paced(prof: dict[str, Any]) -> str:
+    paced, drain = prof.get("paced") or {}, prof.get("drain") or {}
+    if not paced.get("busy_us_per_message") or not drain.get("busy_us_per_message"):
+        return ""
+    busy, busy_drain = paced["busy_us_per_message"], drain["busy_us_per_message"]
+    ack = sum(v for k, v in paced.get("top_self", []) if "_SelectorSocketTransport.write" in k)
+    return (
+        f" The profile at that pace (below) shows the same: the worker's loop is busy about "
+        f"{busy:.0f} µs a message, {busy / busy_drain:.1f}x the {busy_drain:.0f} µs of a drain; "
+        f"reading the frames is {_inclusive(paced, 'Connection.data_received'):.0%} of it, the "
+        f"attempt (validation, trace context, the handler under its timeout) "
+        f"{_inclusive(paced, 'attempt (leveret/consumers/attempt.py'):.0%}, the log line "
+        f"{_inclusive(paced, 'report (leveret/'):.0%}, and the one write of each ack "
+        f"{ack:.0%} (on loopback the kernel hands the bytes to the broker within that "
+        "call; raw pika writes the same ack)."
+    )
 
 
 def _extra_rounds(env: dict[str, Any]) -> str:
@@ -748,6 +766,7 @@ def render(data: dict[str, Any], pngs: list[Path]) -> str:
     for mode, title in (
         ("drain", "Draining (every message succeeds)"),
         ("retry", "The retry path (every message fails once)"),
+        ("paced", "At the latency scenario's pace (the worker idles between deliveries)"),
     ):
         w(f"### {title}")
         w("")

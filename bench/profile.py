@@ -1,8 +1,10 @@
 """Where a leveret worker spends its time per message: py-spy samples the worker process while it
 drains N pre-published messages (the drain scenario's settings: concurrency 8, quorum queue,
-schema validation, one JSON log line per message to a file).
+schema validation, one JSON log line per message to a file), while it takes the same messages
+each failing once (``retry``), or while they are published at the latency scenario's fixed rate
+(``paced``: the worker idles between deliveries, as it does at 500 msg/s).
 
-    bench/.venv/bin/python -m bench.profile [--messages 10000]
+    bench/.venv/bin/python -m bench.profile [--messages 10000] [--mode drain|retry|paced]
 
 The samples of the event-loop thread are split into idle (waiting in ``select``: the broker is
 the bottleneck) and busy; busy samples are attributed to the package of the innermost frame
@@ -150,11 +152,17 @@ def import_footprint() -> dict[str, float]:
     return out
 
 
+PACED_RATE = 500.0
+"""Messages per second published in the ``paced`` mode: the latency scenario's rate."""
+
+
 def run(url: str, workroot: Path, n: int = 10000, mode: str = "drain") -> dict[str, Any]:
+    """Profile a leveret worker through ``n`` messages: ``drain`` (each succeeds), ``retry``
+    (each fails once, then succeeds after the 10 ms tier) or ``paced`` (each succeeds, published
+    at PACED_RATE while the worker runs)."""
+    from bench.scenarios import latency
     from bench.systems import load
 
-    """Profile a leveret worker through ``n`` messages: ``drain`` (each succeeds) or ``retry``
-    (each fails once, then succeeds after the 10 ms tier)."""
     tag = f"prof{uuid.uuid4().hex[:6]}"
     workdir = workroot / f"profile-{tag}"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -163,10 +171,11 @@ def run(url: str, workroot: Path, n: int = 10000, mode: str = "drain") -> dict[s
     try:
         system.declare()
         payloads = common.make_payloads(tag, n)
-        for p in payloads:
-            common.stamp(p)
-        system.prefill(payloads)
-        common.wait_depth(url, system.queue, n)
+        if mode != "paced":
+            for p in payloads:
+                common.stamp(p)
+            system.prefill(payloads)
+            common.wait_depth(url, system.queue, n)
         consumers = common.Consumers(system, mode, workdir)
         pid = consumers.procs[0].pid
         spy = subprocess.Popen(
@@ -189,6 +198,9 @@ def run(url: str, workroot: Path, n: int = 10000, mode: str = "drain") -> dict[s
         )
         try:
             ids = [p["id"] for p in payloads]
+            if mode == "paced":
+                warm = [common.warm_payload() for _ in range(latency.WARMUP)]
+                latency.thread_paced(system, warm, payloads, PACED_RATE, consumers)
             consumers.wait(ids, timeout=120 + n / 50)
         finally:
             spy.send_signal(signal.SIGINT)
@@ -200,6 +212,8 @@ def run(url: str, workroot: Path, n: int = 10000, mode: str = "drain") -> dict[s
         result = parse(raw_path.read_text()) if raw_path.exists() else {"error": "no py-spy output"}
         if mode == "drain":
             result["import_footprint_mib"] = import_footprint()
+        if mode == "paced":
+            result["rate"] = PACED_RATE
         result.update(
             mode=mode,
             messages=n,
@@ -222,7 +236,7 @@ def main() -> None:
     )
     p.add_argument("--url", default=common.DEFAULT_URL)
     p.add_argument("--messages", type=int, default=10000)
-    p.add_argument("--mode", choices=("drain", "retry"), default="drain")
+    p.add_argument("--mode", choices=("drain", "retry", "paced"), default="drain")
     args = p.parse_args()
     import tempfile
 

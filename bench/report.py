@@ -448,15 +448,21 @@ def profile_section(prof: dict[str, Any] | None) -> str:
         return f"_The profile failed: {prof['error']}_"
     idle = prof["idle_share"]
     verdict = (
-        "the worker is CPU-bound, not waiting for the broker"
+        "the rest of the time it waits for the next delivery"
+        if prof.get("mode") == "paced"
+        else "the worker is CPU-bound, not waiting for the broker"
         if idle < IDLE_BOUND
         else "the worker is busy most of the time, and waits for the broker the rest of it"
         if idle < 0.5
         else "the broker, not the worker, sets the pace"
     )
+    if prof.get("mode") == "paced":
+        took = f"took {prof['messages']:,} messages published at {prof.get('rate', 500):g} msg/s"
+    else:
+        took = f"drained {prof['messages']:,} messages"
     lines = [
-        f"py-spy sampled the worker at {prof['rate_hz']} Hz while it drained {prof['messages']:,} "
-        f"messages ({prof['msgs_per_s_under_profiler']:,.0f} msg/s under the profiler). Its "
+        f"py-spy sampled the worker at {prof['rate_hz']} Hz while it {took} "
+        f"({prof['msgs_per_s_under_profiler']:,.0f} msg/s under the profiler). Its "
         f"event-loop thread was idle (waiting on the socket) in {idle:.0%} of the "
         f"samples: {verdict}. Busy loop time per "
         f"message: about {prof['busy_us_per_message']:.0f} µs (with the profiler's own overhead).",

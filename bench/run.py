@@ -511,7 +511,11 @@ def main(argv: list[str] | None = None) -> int:
         from bench import profile
 
         prof = {}
-        for mode, n in (("drain", args.sizes["drain"]), ("retry", args.sizes["retry"] * 2)):
+        for mode, n in (
+            ("drain", args.sizes["drain"]),
+            ("retry", args.sizes["retry"] * 2),
+            ("paced", args.sizes["latency"]),
+        ):
             print(
                 f"  profiling a leveret worker: {mode}, {n} messages (py-spy)",
                 file=sys.stderr,

@@ -36,7 +36,7 @@ def run(system: System, n: int, params: dict[str, Any], workdir: Path) -> dict[s
         if system.is_async:
             sent_span = asyncio.run(_async_paced(system, warm, payloads, rate, consumers))
         else:
-            sent_span = _thread_paced(system, warm, payloads, rate, consumers)
+            sent_span = thread_paced(system, warm, payloads, rate, consumers)
         consumers.wait(ids, timeout=60 + n / 50)
         rss = consumers.peak_rss_kib()
     finally:
@@ -62,7 +62,7 @@ def _warm_wait(consumers: common.Consumers, warm: list[dict[str, Any]]) -> None:
     consumers.wait([p["id"] for p in warm], timeout=90)
 
 
-def _thread_paced(
+def thread_paced(
     system: System,
     warm: list[dict[str, Any]],
     payloads: list[dict[str, Any]],
