@@ -448,7 +448,7 @@ def profile_section(prof: dict[str, Any] | None) -> str:
         return f"_The profile failed: {prof['error']}_"
     idle = prof["idle_share"]
     verdict = (
-        "the rest of the time it waits for the next delivery"
+        "between deliveries it waits for the next, as it should at that pace"
         if prof.get("mode") == "paced"
         else "the worker is CPU-bound, not waiting for the broker"
         if idle < IDLE_BOUND
