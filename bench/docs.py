@@ -363,8 +363,12 @@ def saturation(data: dict[str, Any]) -> list[str]:
     parts = []
     for system in [s for s in ALL if any(p["system"] == s for p in pts)]:
         mine = sorted((p for p in pts if p["system"] == system), key=lambda p: p["x"])
-        kept = [p for p in mine if scale.kept_up(p["result"])]
         fell = next((p for p in mine if not scale.kept_up(p["result"])), None)
+        below = [p for p in mine if fell is None or p["x"] < fell["x"]]
+        kept = [p for p in below if scale.kept_up(p["result"])]
+        # A higher rate kept up with after the first that fell behind (a noisy point) is
+        # named, not taken for the system's limit.
+        again = [p for p in mine if fell and p["x"] > fell["x"] and scale.kept_up(p["result"])]
         text = (
             f"{system} kept up to {kept[-1]['x']:,} msg/s"
             if kept
@@ -386,6 +390,9 @@ def saturation(data: dict[str, Any]) -> list[str]:
                 f" and fell behind at {fell['x']:,} ({who}: published "
                 f"{res['achieved_rate']:,.0f}, consumed {res['consumer_rate']:,.0f} msg/s)"
             )
+            if again:
+                rates = _names([f"{p['x']:,}" for p in again])
+                text += f", though it kept up again at {rates}"
         else:
             text += ", the highest rate offered"
         parts.append(text)

@@ -132,6 +132,19 @@ def test_the_load_curve_names_where_each_system_fell_behind() -> None:
             point("dramatiq", 2000, 2000, 1990, p50=50.0),  # a queue built up
         ]
     }
+    noisy = {
+        "scale": [
+            point("pika", 1000, 1000, 1000),
+            point("pika", 1500, 1500, 1500, p50=21.0),  # a queue built up, this once
+            point("pika", 2000, 2000, 2000),
+            point("pika", 2500, 2500, 2000),
+        ]
+    }
+    assert docs.saturation(noisy) == [
+        "Offered load: pika kept up to 1,000 msg/s (p99 4.0 ms) and fell behind at 1,500 (a "
+        "queue built up, median 21 ms: published 1,500, consumed 1,500 msg/s), though it kept "
+        "up again at 2,000."
+    ]
     assert docs.saturation(data) == [
         "Offered load: leveret kept up to 1,000 msg/s (p99 4.0 ms) and fell behind at 2,000 "
         "(its consumer: published 1,990, consumed 1,500 msg/s); pika kept up to 1,000 msg/s "
