@@ -63,7 +63,7 @@ typecheck: venv
 
 check: lint typecheck test
 
-# make bench        the benchmark suite against the local broker (bench/.venv; ~20 min)
+# make bench        the benchmark suite against the local broker (bench/.venv; ~30 min)
 # make bench-smoke  its smoke test in .venv, no peers to install (leveret, raw pika and
 #                   aio-pika, Go: 100 messages per scenario; bench/test_smoke.py)
 BENCH_VENV := bench/.venv
