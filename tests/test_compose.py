@@ -264,7 +264,10 @@ def test_one_service_builds_each_image() -> None:
 def test_every_service_reaches_the_broker_by_name() -> None:
     for name in [*OURS, *POLYGLOT]:
         url = environment(SERVICES[name]).get("LEVERET_URL", "")
-        assert "@rabbitmq:5672" in url, f"{name}: LEVERET_URL {url!r} is not the rabbitmq service"
+        where = urlsplit(url)
+        assert (where.scheme, where.hostname, where.port) == ("amqp", "rabbitmq", 5672), (
+            f"{name}: LEVERET_URL {url!r} is not the rabbitmq service"
+        )
 
 
 def test_topology_runs_once_after_the_broker_is_healthy() -> None:

@@ -3,7 +3,7 @@
 //
 // Configuration comes from the environment:
 //
-//	LEVERET_URL       broker URL, or several comma-separated (default amqp://guest:guest@localhost:5672/)
+//	LEVERET_URL       broker URL, or several comma-separated (default amqp://localhost:5672/)
 //	LEVERET_QUEUE     the work queue (default leveret.demo.tasks)
 //	LEVERET_SCHEMAS   the schemas/ directory (default: the repository's, found from this source file or the binary)
 //	LEVERET_PREFETCH  unacknowledged deliveries, and so handlers, at once (default 8)

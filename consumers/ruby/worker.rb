@@ -4,7 +4,7 @@
 # The leveret Ruby worker: consumes LEVERET_QUEUE and handles demo.export
 # (v1, v2) and leveret.conformance (v1), following docs/contract.md.
 #
-#   LEVERET_URL       broker URL (default amqp://guest:guest@localhost:5672/)
+#   LEVERET_URL       broker URL (default amqp://localhost:5672/)
 #   LEVERET_QUEUE     work queue (default leveret.demo.tasks)
 #   LEVERET_SCHEMAS   JSON Schema directory (default: the repository's schemas/)
 #   LEVERET_PREFETCH  unacked deliveries the broker may send ahead (default 8)
@@ -56,7 +56,7 @@ end
 
 log = Leveret::Log.new
 begin
-  url = setting("LEVERET_URL", "amqp://guest:guest@localhost:5672/")
+  url = setting("LEVERET_URL", "amqp://localhost:5672/")
   queue = setting("LEVERET_QUEUE", "leveret.demo.tasks")
   schemas = Leveret::Schemas.load(setting("LEVERET_SCHEMAS", File.expand_path("../../schemas", __dir__)))
   prefetch = positive_integer("LEVERET_PREFETCH", 8)

@@ -11,7 +11,7 @@ import (
 
 // Defaults of the environment variables the worker reads.
 const (
-	DefaultURL      = "amqp://guest:guest@localhost:5672/"
+	DefaultURL      = "amqp://localhost:5672/" // no credentials: RabbitMQ's default user
 	DefaultQueue    = "leveret.demo.tasks"
 	DefaultPrefetch = 8
 )

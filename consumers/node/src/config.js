@@ -4,7 +4,7 @@ import { fileURLToPath } from "node:url";
 import { STALL_AFTER } from "./health.js";
 
 export const DEFAULTS = Object.freeze({
-  url: "amqp://guest:guest@localhost:5672/",
+  url: "amqp://localhost:5672/", // no credentials: RabbitMQ's default user
   queue: "leveret.demo.tasks",
   prefetch: 8,
   graceSeconds: 30,

@@ -18,7 +18,7 @@ const USAGE = `usage: node src/publish.js --exchange X --routing-key K --type T 
          [--header NAME=VALUE]... [--schemas DIR] [--max-size BYTES]
          [--reconnect-timeout SECONDS] 'JSON payload'
 
-  --url defaults to $LEVERET_URL, else amqp://guest:guest@localhost:5672/
+  --url defaults to $LEVERET_URL, else amqp://localhost:5672/
   (prefer LEVERET_URL to --url: a command line is visible to other users).
   The message starts a new trace, unless --header traceparent=00-... names
   its parent. Prints the message id once the broker has confirmed the message.`;

@@ -51,7 +51,7 @@ export class Publisher {
   #closing = null;
 
   /**
-   * @param options.url        broker URL; default LEVERET_URL, else amqp://guest:guest@localhost:5672/
+   * @param options.url        broker URL; default LEVERET_URL, else amqp://localhost:5672/
    * @param options.schemas    a Schemas instance or a folder; default LEVERET_SCHEMAS, else the repository's schemas/
    * @param options.appId      the `app_id` property of every message (optional)
    * @param options.maxSize    the largest body, in bytes (1 MiB)

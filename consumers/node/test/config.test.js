@@ -7,7 +7,7 @@ import { ConfigError, DEFAULT_SCHEMAS, loadConfig, redact, scrub } from "../src/
 describe("loadConfig", () => {
   it("has the documented defaults", () => {
     const config = loadConfig({});
-    assert.equal(config.url, "amqp://guest:guest@localhost:5672/");
+    assert.equal(config.url, "amqp://localhost:5672/");
     assert.equal(config.queue, "leveret.demo.tasks");
     assert.equal(config.prefetch, 8);
     assert.equal(config.graceMs, 30_000);

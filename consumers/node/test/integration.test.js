@@ -21,8 +21,9 @@ import { parseTraceparent } from "../src/trace.js";
 import { DeadLetter } from "../src/wire.js";
 import { Worker } from "../src/worker.js";
 import { peekHeaders } from "./helpers/amqp-peek.js";
+import { BROKER_URL } from "./helpers/broker.js";
 
-const URL_ = process.env.LEVERET_TEST_URL || "amqp://guest:guest@127.0.0.1:5672/";
+const URL_ = BROKER_URL;
 const MAIN = fileURLToPath(new URL("../src/main.js", import.meta.url));
 const ROUTING_KEY = "conformance";
 const TIERS = [200, 400]; // ms; max_attempts 3

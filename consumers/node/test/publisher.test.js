@@ -25,8 +25,9 @@ import {
   parseTraceparent,
 } from "../src/index.js";
 import { peekHeaders } from "./helpers/amqp-peek.js";
+import { BROKER_URL } from "./helpers/broker.js";
 
-const URL_ = process.env.LEVERET_TEST_URL || "amqp://guest:guest@127.0.0.1:5672/";
+const URL_ = BROKER_URL;
 const CLI = fileURLToPath(new URL("../src/publish.js", import.meta.url));
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
 const SECRET = "s3cr3t-Pa55";

@@ -23,7 +23,7 @@ require_relative "leveret/confirm_publisher"
 # is retried with the same message id for up to RECONNECT_TIMEOUT seconds.
 #
 # Settings (TaskPublisher.configure, or the environment):
-#   url          LEVERET_URL       (default amqp://guest:guest@localhost:5672/)
+#   url          LEVERET_URL       (default amqp://localhost:5672/)
 #   schemas_dir  LEVERET_SCHEMAS   (default: the repository's schemas/)
 #   exchange     LEVERET_EXCHANGE  (default leveret.demo)
 #   app_id       LEVERET_APP_ID    (optional: names the publishing program)
@@ -33,7 +33,7 @@ class TaskPublisher
   EXPORT_TYPE = "demo.export"
   EXPORT_VERSION = 1
   RECONNECT_TIMEOUT = 30.0
-  DEFAULT_URL = "amqp://guest:guest@localhost:5672/"
+  DEFAULT_URL = "amqp://localhost:5672/"
   DEFAULT_SCHEMAS = File.expand_path("../../../schemas", __dir__)
 
   # The payload does not match its schema; nothing was sent.
