@@ -14,6 +14,7 @@ from pathlib import Path
 from pydantic import Field
 
 from leveret import App, Binding, Context, Exchange, Message, Queue, RetryPolicy, Topology
+from leveret.topology import QueueType
 
 
 class Task(Message, type="test.task", version=1, routing_key="task"):
@@ -44,6 +45,7 @@ def topology(
     delays: tuple[float, ...] = (0.2, 0.4),
     max_attempts: int = 3,
     delivery_limit: int | None = 20,
+    queue_type: QueueType = "quorum",
 ) -> Topology:
     """A one-queue topology on the given names."""
     return Topology(
@@ -53,6 +55,7 @@ def topology(
                 queue,
                 bindings=(Binding(exchange, "task"),),
                 retry=RetryPolicy(delays, max_attempts),
+                queue_type=queue_type,
                 delivery_limit=delivery_limit,
             ),
         ),
@@ -60,7 +63,12 @@ def topology(
 
 
 def build_app(
-    queue: str, exchange: str, *, marker_dir: str | None = None, delivery_limit: int | None = 20
+    queue: str,
+    exchange: str,
+    *,
+    marker_dir: str | None = None,
+    delivery_limit: int | None = 20,
+    queue_type: QueueType = "quorum",
 ) -> App:
     """An app whose sync handler sleeps and fails as the task says.
 
@@ -68,7 +76,7 @@ def build_app(
     id) when it begins and ``<n>.done`` (holding the message id) when it ends, so
     a test can act in the middle of a handler.
     """
-    app = App(topology(queue, exchange, delivery_limit=delivery_limit))
+    app = App(topology(queue, exchange, delivery_limit=delivery_limit, queue_type=queue_type))
 
     @app.handler(Task, TaskV2, queue=queue)
     def handle(message: Task | TaskV2, ctx: Context) -> None:

@@ -8,7 +8,9 @@ broker tests fail with a clear message. They never skip silently.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -231,6 +233,35 @@ def rabbitmqctl(*args: str) -> str:
     return subprocess.run(
         ["rabbitmqctl", *args], check=True, capture_output=True, text=True, timeout=60
     ).stdout
+
+
+@pytest.fixture
+def classic(broker_url: str, names: Callable[[str], str]) -> Iterator[Pipeline]:
+    """The pipeline on classic queues, whose length limit and overflow a policy may set."""
+    queue, exchange = names("work"), names("ex")
+    app = apps.build_app(queue, exchange, queue_type="classic", delivery_limit=None)
+    admin.apply(broker_url, app.topology)
+    yield Pipeline(broker_url, queue, exchange, app.topology, app)
+    admin.delete(broker_url, app.topology)
+
+
+@contextlib.contextmanager
+def refusing(queue: str) -> Iterator[Callable[[], None]]:
+    """Make the broker nack every publish to ``queue``, as a quorum queue does for a
+    while after its leader moves: a policy that fills it at zero messages, with
+    ``reject-publish`` overflow. Yields what ends the refusal; it ends at exit too."""
+    name = f"{queue}.refuse"
+    definition = '{"max-length": 0, "overflow": "reject-publish"}'
+    rabbitmqctl("set_policy", name, f"^{re.escape(queue)}$", definition, "--apply-to", "queues")
+
+    def end() -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):  # already cleared
+            rabbitmqctl("clear_policy", name)
+
+    try:
+        yield end
+    finally:
+        end()
 
 
 # --- a real browser ----------------------------------------------------------------------

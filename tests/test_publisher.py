@@ -18,7 +18,7 @@ from leveret.errors import (
     Unroutable,
 )
 from tests.apps import Task
-from tests.conftest import Pipeline, RefusedURLs, rabbitmqctl
+from tests.conftest import Pipeline, RefusedURLs, rabbitmqctl, refusing
 
 
 def test_publish_sets_the_contract_properties(pipeline: Pipeline) -> None:
@@ -158,6 +158,51 @@ async def test_async_publisher_survives_a_dropped_connection(pipeline: Pipeline)
         await asyncio.to_thread(rabbitmqctl, "close_all_connections", "test: publisher drop")
         await pub.publish(Task(n=2), exchange=pipeline.exchange)
     assert pipeline.depth(pipeline.queue) == 2
+
+
+def queued(p: Pipeline) -> list[int]:
+    """The tasks in the work queue, in order (taken)."""
+    tasks = []
+    while (got := p.get(p.queue)) is not None:
+        tasks.append(Task.from_json(got[1]).n)
+    return tasks
+
+
+def test_after_a_nack_the_publisher_sends_on_a_new_channel(classic: Pipeline) -> None:
+    def channel_number() -> int:
+        assert pub._link is not None and pub._link._conn is not None
+        return pub._link._conn._channel
+
+    with Publisher(classic.url) as pub:
+        pub.publish(Task(n=0), exchange=classic.exchange)
+        first = channel_number()
+        with refusing(classic.queue), pytest.raises(NotConfirmed, match="nacked"):
+            pub.publish(Task(n=1), exchange=classic.exchange)
+        pub.publish(Task(n=2), exchange=classic.exchange)
+        assert channel_number() != first
+    assert queued(classic) == [2]  # a limit of zero pushed out the first one
+
+
+async def test_after_a_nack_the_async_publisher_sends_on_a_new_channel(classic: Pipeline) -> None:
+    async with AsyncPublisher(classic.url) as pub:
+        await pub.publish(Task(n=0), exchange=classic.exchange)
+        first = pub._channel
+        assert first is not None
+        with refusing(classic.queue):
+            nacked, sent = await asyncio.gather(
+                pub.publish(Task(n=1), exchange=classic.exchange),
+                pub.publish(Task(n=2), exchange=classic.exchange),
+                return_exceptions=True,
+            )
+        assert isinstance(nacked, NotConfirmed) and isinstance(sent, NotConfirmed)
+        await pub.publish(Task(n=3), exchange=classic.exchange)
+        assert pub._channel is not first
+        for _ in range(100):  # closed once its confirms came, not left open
+            if first.is_closed:
+                break
+            await asyncio.sleep(0.01)
+        assert first.is_closed
+    assert queued(classic) == [3]  # a limit of zero pushed out the first one
 
 
 async def test_async_unreachable_broker_raises() -> None:

@@ -26,14 +26,16 @@ from leveret import (
     Topology,
     Worker,
     admin,
+    amqp,
     connection,
     wire,
 )
+from leveret.consumers import worker as worker_module
 from leveret.consumers.worker import freeze_heap
 from leveret.errors import BrokerUnavailable, ConfigurationError, TopologyMissing
-from leveret.topology import dead_letter_queue
+from leveret.topology import dead_letter_queue, retry_exchange
 from tests.apps import Task, TaskV2
-from tests.conftest import Pipeline, rabbitmqctl
+from tests.conftest import Pipeline, rabbitmqctl, refusing
 
 
 def raw_publish(
@@ -429,3 +431,71 @@ def test_freeze_heap_leaves_only_new_objects_to_the_collector() -> None:
         assert len(gc.get_objects()) < tracked // 10  # what a full collection still walks
     finally:
         gc.unfreeze()
+
+
+
+async def worker_on(p: Pipeline) -> tuple[Worker, asyncio.Task[None]]:
+    worker = Worker(p.app, p.url, on_outcome=p.outcomes.append)
+    return worker, asyncio.create_task(worker.run())
+
+
+async def test_a_refused_retry_copy_is_sent_again_until_the_broker_takes_it(
+    classic: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened: list[amqp.Channel] = []
+    open_channel = amqp.Connection.channel
+
+    async def counting(self: amqp.Connection) -> amqp.Channel:
+        opened.append(await open_channel(self))
+        return opened[-1]
+
+    monkeypatch.setattr(amqp.Connection, "channel", counting)
+    tier = classic.topology.queue(classic.queue).tier_queues()[0][0]
+    with refusing(tier) as end, capture_logs(processors=[merge_contextvars]) as logs:
+        worker, running = await worker_on(classic)
+        try:
+            message_id = classic.publish(Task(n=1, fail_times=1))
+            await classic.wait(lambda: any(e["event"] == "message.republish_refused" for e in logs))
+            at_refusal = len(opened)
+            await asyncio.sleep(0.5)  # sent again meanwhile, and refused again
+            assert classic.outcomes == []  # neither acked nor dead-lettered
+            # Each resend on a channel of its own, closed after it.
+            assert len(opened) > at_refusal
+            assert all(ch.is_closed for ch in opened[at_refusal:-1])
+            end()
+            await classic.wait(lambda: len(classic.finals("processed")) == 1)
+        finally:
+            worker.stop()
+            await asyncio.wait_for(running, 40)
+    assert [(o.message_id, o.attempt, o.outcome) for o in classic.outcomes] == [
+        (message_id, 1, "retry_scheduled"),
+        (message_id, 2, "processed"),
+    ]
+    refused = [e for e in logs if e["event"] == "message.republish_refused"]
+    assert len(refused) == 1  # one line a delivery, however often it is sent again
+    assert refused[0]["log_level"] == "warning"
+    assert refused[0]["exchange"] == retry_exchange(classic.queue)
+    assert refused[0]["message_id"] == message_id
+    assert classic.depth(dead_letter_queue(classic.queue)) == 0
+
+
+async def test_a_retry_copy_refused_for_too_long_is_dead_lettered(
+    classic: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(worker_module, "REPUBLISH_PATIENCE", 1.0)
+    tier = classic.topology.queue(classic.queue).tier_queues()[0][0]
+    with refusing(tier), capture_logs() as logs:
+        worker, running = await worker_on(classic)
+        try:
+            message_id = classic.publish(Task(n=1, fail_times=1))
+            await classic.wait(lambda: len(classic.outcomes) == 1)
+        finally:
+            worker.stop()
+            await asyncio.wait_for(running, 40)
+    assert [(o.message_id, o.outcome) for o in classic.outcomes] == [(message_id, "dead_lettered")]
+    failed = next(e for e in logs if e["event"] == "message.republish_failed")
+    assert "nack" in failed["error"]
+    assert 0.5 <= failed["refused_for"] <= 1.0
+    props, _ = classic.get(dead_letter_queue(classic.queue))  # type: ignore[misc]
+    assert props.message_id == message_id
+    assert props.headers["x-death"][0]["reason"] == "rejected"

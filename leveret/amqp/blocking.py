@@ -362,6 +362,15 @@ class ConfirmLink:
             self._returning = None
             self.on_return(returning[0])
 
+    def renew(self) -> None:
+        """Close the channel and open a new one; :attr:`ready` is False until ``on_ready``.
+
+        Delivery tags start again at 1. Call it with no publish awaiting its confirm:
+        those would never be confirmed.
+        """
+        self._out.append(codec.rare_frame(spec.Channel.Close(200, "renewed", 0, 0), self._channel))
+        self._reopen()
+
     def _reopen(self) -> None:
         # A new number: frames still on their way for the old channel are ignored.
         self.ready = False

@@ -136,6 +136,13 @@ class Channel:
             spec.Exchange.Declare(exchange=exchange, passive=passive), spec.Exchange.DeclareOk
         )
 
+    async def close_when_confirmed(self) -> None:
+        """Close the channel once the publishes written so far are confirmed (or nacked)."""
+        waiting = [pending.future for pending in self._unconfirmed.values()]
+        if waiting:
+            await asyncio.wait(waiting)
+        await self.close()
+
     async def close(self) -> None:
         """Close the channel (``channel.close``); in-flight publishes fail."""
         if self.error is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import itertools
 import os
 import signal
 import socket
@@ -50,6 +51,13 @@ log = structlog.get_logger(__name__)
 
 CHECK_INTERVAL = 5.0
 """Seconds between checks that the consumers are still registered."""
+
+REPUBLISH_PATIENCE = 30.0
+"""Seconds a failed delivery's copy is sent again while the broker nacks it.
+
+A quorum queue refuses publishes for a while after its leader moves to another
+node; a copy still refused after this long is dead-lettered instead.
+"""
 
 
 class Worker:
@@ -391,16 +399,16 @@ class Worker:
             if isinstance(decision, retry.Ack):
                 await acks.ack(tag)
                 return decision.outcome
+            began = time.monotonic()
             try:
-                await publish.basic_publish(
-                    dm.body,
-                    exchange=decision.exchange,
-                    routing_key=decision.routing_key,
-                    properties=republished(dm.properties, decision.headers),
-                    mandatory=True,
-                )
+                await _republish(dm, decision, publish, deadline=began + REPUBLISH_PATIENCE)
             except (amqp.Returned, amqp.Nacked, amqp.ChannelClosed) as exc:
-                log.error("message.republish_failed", error=str(exc), exchange=decision.exchange)
+                log.error(
+                    "message.republish_failed",
+                    error=str(exc),
+                    exchange=decision.exchange,
+                    refused_for=round(time.monotonic() - began, 3),
+                )
                 # Never ack a message whose copy the broker did not take: rejecting
                 # it sends it down the queue's own dead-letter exchange instead.
                 acks.reject(tag, requeue=False)
@@ -410,6 +418,55 @@ class Worker:
         except (*CONNECTION_ERRORS, amqp.AMQPError) as exc:
             log.warning("message.settle_failed", error=str(exc) or type(exc).__name__)
             return "redelivery_pending"
+
+
+async def _republish(
+    dm: amqp.Deliver, decision: retry.Republish, publish: amqp.Channel, *, deadline: float
+) -> None:
+    """Publish a failed delivery's copy, sending it again while the broker nacks it.
+
+    Each resend goes through a new channel: RabbitMQ before 3.12.5 keeps nacking
+    on a channel that first published to a quorum queue while the queue's record
+    still named a stopped node as its leader (see docs/cluster.md).
+
+    Raises:
+        Nacked: still nacked at ``deadline``.
+        Returned: no queue is bound for it.
+        ChannelClosed: the broker closed the channel over it.
+    """
+    properties = republished(dm.properties, decision.headers)
+    channel, pause = publish, 0.05
+    try:
+        for refusals in itertools.count():
+            try:
+                await channel.basic_publish(
+                    dm.body,
+                    exchange=decision.exchange,
+                    routing_key=decision.routing_key,
+                    properties=properties,
+                    mandatory=True,
+                )
+                return
+            except amqp.Nacked:
+                now = time.monotonic()
+                if now + pause > deadline:
+                    raise
+                if not refusals:  # once a delivery: the outcome's line says how it ended
+                    log.warning(
+                        "message.republish_refused",
+                        exchange=decision.exchange,
+                        sending_again_for=round(deadline - now, 3),
+                    )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 2.0)
+            if channel is not publish:
+                await channel.close()
+            channel = await publish.conn.channel()
+            await channel.confirm_select()
+    finally:
+        if channel is not publish:
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                await channel.close()
 
 
 def freeze_heap() -> None:

@@ -126,6 +126,7 @@ class AsyncPublisher(PublisherCore):
         )
         self._conn: amqp.Connection | None = None
         self._channel: amqp.Channel | None = None
+        self._retiring: set[asyncio.Task[None]] = set()  # channels closing after a nack
         self._lock = asyncio.Lock()
 
     async def __aenter__(self) -> AsyncPublisher:
@@ -227,9 +228,13 @@ class AsyncPublisher(PublisherCore):
                 channel = await self._ensure_channel()
                 await publish_on(channel, env, properties)
                 break
-            except (NotConfirmed, TopologyMissing, AccessRefused):
+            except (NotConfirmed, TopologyMissing, AccessRefused) as exc:
                 if channel is not None and channel.is_closed:
                     self._channel = None
+                elif channel is not None and channel is self._channel and isinstance(
+                    exc.__cause__, amqp.Nacked
+                ):
+                    self._renew(channel)
                 raise
             except CONNECTION_ERRORS as exc:
                 await self._drop(channel)
@@ -264,6 +269,18 @@ class AsyncPublisher(PublisherCore):
             await channel.confirm_select()
             self._channel = channel
             return channel
+
+    def _renew(self, channel: amqp.Channel) -> None:
+        """Publish on a new channel from now on; close this one once its confirms came.
+
+        RabbitMQ before 3.12.5 keeps nacking on a channel that first published to
+        a quorum queue while its record named a stopped node as leader (docs/cluster.md).
+        """
+        self._channel = None
+        task = asyncio.get_running_loop().create_task(channel.close_when_confirmed())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+        log.debug("publisher.channel_renewed")
 
     def _forget(self, conn: amqp.Connection) -> None:
         if conn is self._conn:

@@ -103,6 +103,7 @@ class _Link:
         self._inbox: collections.deque[_Pending] = collections.deque()
         self._unconfirmed: dict[int, _Pending] = {}
         self._seq = 0
+        self._nacked = False  # since the channel opened: renew it once nothing is unconfirmed
         self._conn: ConfirmLink | None = None
 
     # --- the callers' side ---------------------------------------------------------------
@@ -272,11 +273,20 @@ class _Link:
         for t in done:
             item = unconfirmed.pop(t)
             if not ack:
+                self._nacked = True
                 _settle(item, NotConfirmed(f"broker nacked message {item.env.message_id}"))
             elif item.returned:
                 _settle(item, Unroutable(unroutable(item.env)))
             else:
                 _settle(item, None)
+        if self._nacked and not unconfirmed and self._conn is not None:
+            # The next publishes go through a new channel: RabbitMQ before 3.12.5
+            # keeps nacking on a channel that first published to a quorum queue
+            # while its record named a stopped node as leader (docs/cluster.md).
+            self._nacked = False
+            self._seq = 0
+            self._conn.renew()
+            log.debug("publisher.channel_renewed")
 
     def _on_return(self, message_id: str | None) -> None:
         # The broker sends basic.return before the basic.ack of the same message.
@@ -287,6 +297,7 @@ class _Link:
 
     def _on_channel_closed(self, reason: amqp.ChannelClosed) -> None:
         self._seq = 0
+        self._nacked = False
         items = list(self._unconfirmed.values())
         self._unconfirmed.clear()
         again: list[_Pending] = []
