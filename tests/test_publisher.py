@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Callable
 from urllib.parse import urlsplit
@@ -164,7 +165,7 @@ def queued(p: Pipeline) -> list[int]:
     """The tasks in the work queue, in order (taken)."""
     tasks = []
     while (got := p.get(p.queue)) is not None:
-        tasks.append(Task.from_json(got[1]).n)
+        tasks.append(json.loads(got[1])["n"])
     return tasks
 
 

@@ -34,6 +34,7 @@ from leveret.consumers import worker as worker_module
 from leveret.consumers.worker import freeze_heap
 from leveret.errors import BrokerUnavailable, ConfigurationError, TopologyMissing
 from leveret.topology import dead_letter_queue, retry_exchange
+from tests import apps
 from tests.apps import Task, TaskV2
 from tests.conftest import Pipeline, rabbitmqctl, refusing
 
@@ -433,7 +434,6 @@ def test_freeze_heap_leaves_only_new_objects_to_the_collector() -> None:
         gc.unfreeze()
 
 
-
 async def worker_on(p: Pipeline) -> tuple[Worker, asyncio.Task[None]]:
     worker = Worker(p.app, p.url, on_outcome=p.outcomes.append)
     return worker, asyncio.create_task(worker.run())
@@ -476,7 +476,55 @@ async def test_a_refused_retry_copy_is_sent_again_until_the_broker_takes_it(
     assert refused[0]["log_level"] == "warning"
     assert refused[0]["exchange"] == retry_exchange(classic.queue)
     assert refused[0]["message_id"] == message_id
+    assert any(e["event"] == "worker.channel_renewed" for e in logs)
+    assert not any(e["event"] == "worker.resumed" for e in logs)  # no reconnect
     assert classic.depth(dead_letter_queue(classic.queue)) == 0
+
+
+async def test_a_nacked_publish_from_a_handler_fails_the_attempt_and_renews_the_channel(
+    broker_url: str, names: Callable[[str], str]
+) -> None:
+    queue, exchange, side = names("work"), names("ex"), names("side")
+    # Retries a second apart: time enough to end the refusal before the next attempt.
+    topology = apps.topology(
+        queue, exchange, delays=(1.0, 1.0), queue_type="classic", delivery_limit=None
+    )
+    app = App(topology)
+
+    @app.handler(Task, queue=queue)
+    async def follow_up(message: Task, ctx: Context) -> None:
+        await ctx.apublish(Task(n=message.n + 100), exchange=exchange, routing_key="side")
+
+    admin.apply(broker_url, topology)
+    with connection.connect(broker_url) as conn:
+        ch = conn.channel()
+        ch.queue_declare(side, durable=True)
+        ch.queue_bind(side, exchange, "side")
+    p = Pipeline(broker_url, queue, exchange, topology, app)
+    try:
+        with refusing(side) as end, capture_logs() as logs:
+            worker, running = await worker_on(p)
+            try:
+                message_id = p.publish(Task(n=1))
+                await p.wait(lambda: len(p.outcomes) == 1)
+                end()
+                await p.wait(lambda: len(p.finals("processed")) == 1)
+            finally:
+                worker.stop()
+                await asyncio.wait_for(running, 40)
+        assert [(o.message_id, o.attempt, o.outcome) for o in p.outcomes] == [
+            (message_id, 1, "retry_scheduled"),
+            (message_id, 2, "processed"),
+        ]
+        scheduled = next(e for e in logs if e["event"] == "message.retry_scheduled")
+        assert "nacked" in scheduled["error"]
+        assert sum(e["event"] == "worker.channel_renewed" for e in logs) == 1
+        assert not any(e["event"] == "worker.resumed" for e in logs)  # no reconnect
+        assert p.depth(side) == 1
+    finally:
+        with connection.connect(broker_url) as conn:
+            conn.channel().queue_delete(side)
+        admin.delete(broker_url, topology)
 
 
 async def test_a_retry_copy_refused_for_too_long_is_dead_lettered(

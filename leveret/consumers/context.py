@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 
 import structlog
 
-from leveret import amqp, tracing, wire
+from leveret import tracing, wire
+from leveret.consumers.confirms import Confirms
 from leveret.errors import ConfigurationError, LeveretError, Unroutable
 from leveret.messages import Message
 from leveret.publisher.aio import publish_on
@@ -34,14 +35,14 @@ class HandlerPublisher:
 
     Args:
         core: the envelope rules (size limit, app id).
-        channel: the worker's channel in confirm mode.
+        channel: the worker's confirm channel.
         loop: the worker's event loop (sync handlers run on other threads).
     """
 
     def __init__(
         self,
         core: PublisherCore,
-        channel: amqp.Channel,
+        channel: Confirms,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.core = core

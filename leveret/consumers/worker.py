@@ -26,6 +26,7 @@ import structlog
 from leveret import amqp, connection, health, retry, wire
 from leveret.consumers.app import App
 from leveret.consumers.attempt import attempt, settled
+from leveret.consumers.confirms import Confirms
 from leveret.consumers.context import HandlerPublisher
 from leveret.consumers.delivery import (
     Acks,
@@ -192,7 +193,9 @@ class Worker:
             conn.close_callbacks.append(lambda _: lost.set())
             check = await self._channel(conn, lost, watch=False)
             await self._verify(conn)
-            publish = await self._channel(conn, lost, confirms=True)
+            publish = Confirms(
+                await self._channel(conn, lost, confirms=True, watch=False), on_lost=lost.set
+            )
             self._handler_publisher = HandlerPublisher(
                 self._core, publish, asyncio.get_running_loop()
             )
@@ -326,7 +329,7 @@ class Worker:
         self,
         queue: str,
         acks: Acks,
-        publish: amqp.Channel,
+        publish: Confirms,
     ) -> Callable[[amqp.Deliver], None]:
         gauge = self.metrics.in_flight.labels(queue)  # looked up once, not per delivery
         loop = asyncio.get_running_loop()
@@ -363,7 +366,7 @@ class Worker:
         queue: str,
         dm: amqp.Deliver,
         acks: Acks,
-        publish: amqp.Channel,
+        publish: Confirms,
     ) -> None:
         delivery = to_delivery(dm)
         start = time.perf_counter()
@@ -392,7 +395,7 @@ class Worker:
         dm: amqp.Deliver,
         decision: retry.Decision,
         acks: Acks,
-        publish: amqp.Channel,
+        publish: Confirms,
     ) -> str:
         tag = dm.delivery_tag
         try:
@@ -421,13 +424,11 @@ class Worker:
 
 
 async def _republish(
-    dm: amqp.Deliver, decision: retry.Republish, publish: amqp.Channel, *, deadline: float
+    dm: amqp.Deliver, decision: retry.Republish, publish: Confirms, *, deadline: float
 ) -> None:
     """Publish a failed delivery's copy, sending it again while the broker nacks it.
 
-    Each resend goes through a new channel: RabbitMQ before 3.12.5 keeps nacking
-    on a channel that first published to a quorum queue while the queue's record
-    still named a stopped node as its leader (see docs/cluster.md).
+    Each nack renews the channel first (:mod:`leveret.consumers.confirms`).
 
     Raises:
         Nacked: still nacked at ``deadline``.
@@ -435,38 +436,29 @@ async def _republish(
         ChannelClosed: the broker closed the channel over it.
     """
     properties = republished(dm.properties, decision.headers)
-    channel, pause = publish, 0.05
-    try:
-        for refusals in itertools.count():
-            try:
-                await channel.basic_publish(
-                    dm.body,
+    pause = 0.05
+    for refusals in itertools.count():
+        try:
+            await publish.basic_publish(
+                dm.body,
+                exchange=decision.exchange,
+                routing_key=decision.routing_key,
+                properties=properties,
+                mandatory=True,
+            )
+            return
+        except amqp.Nacked:
+            now = time.monotonic()
+            if now + pause > deadline:
+                raise
+            if not refusals:  # once a delivery: the outcome's line says how it ended
+                log.warning(
+                    "message.republish_refused",
                     exchange=decision.exchange,
-                    routing_key=decision.routing_key,
-                    properties=properties,
-                    mandatory=True,
+                    sending_again_for=round(deadline - now, 3),
                 )
-                return
-            except amqp.Nacked:
-                now = time.monotonic()
-                if now + pause > deadline:
-                    raise
-                if not refusals:  # once a delivery: the outcome's line says how it ended
-                    log.warning(
-                        "message.republish_refused",
-                        exchange=decision.exchange,
-                        sending_again_for=round(deadline - now, 3),
-                    )
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 2.0)
-            if channel is not publish:
-                await channel.close()
-            channel = await publish.conn.channel()
-            await channel.confirm_select()
-    finally:
-        if channel is not publish:
-            with contextlib.suppress(*CONNECTION_ERRORS):
-                await channel.close()
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 2.0)
 
 
 def freeze_heap() -> None:

@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -40,9 +40,22 @@ CONNECTION_ERRORS = (amqp.ConnectionLost, OSError, TimeoutError)
 """What a lost or unreachable broker raises: reconnect, or give up."""
 
 
-async def publish_on(
-    channel: amqp.Channel, env: wire.Envelope, properties: amqp.Properties
-) -> None:
+class Publishes(Protocol):
+    """Where :func:`publish_on` publishes: an :class:`amqp.Channel`, or the worker's
+    :class:`~leveret.consumers.confirms.Confirms`."""
+
+    async def basic_publish(
+        self,
+        body: bytes,
+        *,
+        exchange: str,
+        routing_key: str,
+        properties: amqp.Properties,
+        mandatory: bool = True,
+    ) -> None: ...
+
+
+async def publish_on(channel: Publishes, env: wire.Envelope, properties: amqp.Properties) -> None:
     """Publish on a confirm channel and wait for the confirm; translate what can go wrong.
 
     Connection errors pass through, for the caller to reconnect or give up.
@@ -231,8 +244,10 @@ class AsyncPublisher(PublisherCore):
             except (NotConfirmed, TopologyMissing, AccessRefused) as exc:
                 if channel is not None and channel.is_closed:
                     self._channel = None
-                elif channel is not None and channel is self._channel and isinstance(
-                    exc.__cause__, amqp.Nacked
+                elif (
+                    channel is not None
+                    and channel is self._channel
+                    and isinstance(exc.__cause__, amqp.Nacked)
                 ):
                     self._renew(channel)
                 raise
