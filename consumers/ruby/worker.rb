@@ -18,6 +18,8 @@
 #   LEVERET_STALL_AFTER  seconds messages may wait with none settled before the worker is unready (default 300)
 #   LEVERET_CHECK_INTERVAL  seconds between passive declares of the queue (default 5)
 #   LEVERET_HEALTH_FILE  a file touched at each check while the worker is live
+#   LEVERET_REPUBLISH_PATIENCE  seconds a nacked retry or dead-letter copy is sent
+#                     again before the delivery is dead-lettered (default 30)
 #   LEVERET_LOG_LEVEL debug, info, warning or error (default info)
 #
 # Logs are JSON lines on stderr. Exit status: 0 after SIGTERM/SIGINT and a clean
@@ -72,7 +74,9 @@ begin
                                grace: grace, max_attempts: max_attempts, log: log,
                                stall_after: positive_number("LEVERET_STALL_AFTER", Leveret::Health::STALL_AFTER),
                                check_interval: positive_number("LEVERET_CHECK_INTERVAL", Leveret::Worker::CHECK_INTERVAL),
-                               health_file: setting("LEVERET_HEALTH_FILE", nil))
+                               health_file: setting("LEVERET_HEALTH_FILE", nil),
+                               republish_patience: positive_number("LEVERET_REPUBLISH_PATIENCE",
+                                                                   Leveret::Worker::REPUBLISH_PATIENCE))
   unless http_port.nil?
     probes = Leveret::ProbeServer.new(health: worker.health, metrics: worker.metrics, host: http_host, port: http_port)
     log.info("worker.probes_listening", host: http_host, port: probes.start)

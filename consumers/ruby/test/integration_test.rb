@@ -2,6 +2,7 @@
 
 require "test_helper"
 require "task_publisher"
+require "open3"
 require "securerandom"
 require "tempfile"
 require "timeout"
@@ -30,6 +31,10 @@ class IntegrationTest < Minitest::Test
   TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
   PARENT_ID = "00f067aa0ba902b7"
   TRACEPARENT = "00-#{TRACE_ID}-#{PARENT_ID}-01".freeze
+  # The tests that make the broker nack a queue's publishes (a policy; it works
+  # on classic queues only) run on a topology of classic queues.
+  CLASSIC = %w[test_a_nacked_copy_is_sent_again_until_the_broker_takes_it
+               test_a_copy_still_nacked_after_the_patience_is_dead_lettered].freeze
 
   def setup
     @conn = Bunny.new(Leveret::Wire.bunny_url(URL), logger: Logger.new(nil), automatically_recover: false)
@@ -45,13 +50,15 @@ class IntegrationTest < Minitest::Test
     @receipts = "#{@q}.receipts"
     @declared_queues = []
     @declared_exchanges = []
-    declare_topology
+    @policies = []
+    declare_topology(classic: CLASSIC.include?(name))
     @dead = {}
     @receipt_log = Hash.new { |h, k| h[k] = [] }
   end
 
   def teardown
     stop_worker
+    @policies&.each { |policy| rabbitmqctl("clear_policy", policy) }
     return unless @conn&.open?
 
     ch = @conn.create_channel
@@ -191,6 +198,68 @@ class IntegrationTest < Minitest::Test
     assert_equal "invalid-json", dead_letter(bad)[:props].headers["leveret-reason"]
   end
 
+  # The first retry tier refuses every publish: the worker sends the copy again
+  # (on new channels) while the delivery waits unacked, and once the tier takes
+  # it the task is retried and processed.
+  def test_a_nacked_copy_is_sent_again_until_the_broker_takes_it
+    refuse("#{@q}.retry.1")
+    start_worker
+    task = publish_conformance("fail_times" => 1)
+    wait_for("the first refusal") { worker_events.any? { |e| e["event"] == "message.republish_refused" } }
+    sleep 1.5 # a few resends
+    refused = worker_events.select { |e| e["event"] == "message.republish_refused" }
+    assert_equal 1, refused.size, "logged once a delivery"
+    assert_equal "warning", refused.first["level"]
+    assert_equal task, refused.first["message_id"]
+    assert_equal "#{@q}.retry", refused.first["exchange"]
+    assert_in_delta Leveret::Worker::REPUBLISH_PATIENCE, refused.first["sending_again_for"], 1.0
+    assert_equal 1, unacked(@q), "the delivery waits unacked"
+    assert_equal 0, depth(@q)
+    assert_empty dead_letters
+    assert_equal 0, depth("#{@q}.dlq")
+    assert_empty worker_events.select { |e| e["event"] == "message.republish_failed" || e["message_id"] == task && e["outcome"] }
+    assert_operator worker_channels, :<=, 3, "the nacked channels were closed"
+
+    allow("#{@q}.retry.1")
+    wait_for("a receipt for #{task}") { receipts[task].any? }
+    assert_equal 2, receipts[task].first[:body]["attempt"]
+    wait_for("the log line of #{task}") { worker_events.any? { |e| e["event"] == "message.processed" && e["message_id"] == task } }
+    assert(worker_events.any? { |e| e["event"] == "message.retry_scheduled" && e["message_id"] == task })
+    assert_empty dead_letters
+    assert_equal 0, depth("#{@q}.dlq")
+    assert_equal 0, unacked(@q)
+    refute(worker_events.any? { |e| e["event"] == "message.republish_failed" })
+    assert_operator worker_channels, :<=, 4, "no channel leaked"
+  end
+
+  # The tier keeps refusing past the worker's patience: the delivery is rejected
+  # without requeue, and Q's dead-letter exchange sends it to Q.dlq.
+  def test_a_copy_still_nacked_after_the_patience_is_dead_lettered
+    refuse("#{@q}.retry.1")
+    start_worker("LEVERET_REPUBLISH_PATIENCE" => "1")
+    started = monotonic
+    task = publish_conformance("fail_times" => 1)
+    letter = dead_letter(task)
+    assert_operator monotonic - started, :>=, 0.5, "it kept sending for most of the patience"
+    death = letter[:props].headers["x-death"]
+    refute_nil death, "the broker dead-lettered it (basic.reject, requeue=false)"
+    assert_equal "rejected", death.first["reason"]
+    assert_equal @q, death.first["queue"]
+    refused = worker_events.select { |e| e["event"] == "message.republish_refused" }
+    assert_equal 1, refused.size
+    assert_in_delta 1.0, refused.first["sending_again_for"], 0.2
+    wait_for("the failure's log line") { worker_events.any? { |e| e["event"] == "message.republish_failed" } }
+    failed = worker_events.find { |e| e["event"] == "message.republish_failed" }
+    assert_equal "#{@q}.retry", failed["exchange"]
+    assert_match(/nacked/, failed["error"])
+    assert_kind_of Numeric, failed["refused_for"]
+    assert_operator failed["refused_for"], :>=, 0.5
+    assert_operator failed["refused_for"], :<, 2.0
+    wait_for("the log line of #{task}") { worker_events.any? { |e| e["event"] == "message.dead_lettered" && e["message_id"] == task } }
+    assert_equal 0, unacked(@q)
+    assert_empty receipts[task]
+  end
+
   def test_publisher_errors
     publisher = TaskPublisher.new(url: URL, schemas_dir: SCHEMAS_DIR, log: Leveret::Log.new(StringIO.new))
     payload = { "user_id" => 1 }
@@ -307,17 +376,19 @@ class IntegrationTest < Minitest::Test
 
   # --- topology, as leveret/topology.py declares it ------------------------------------
 
-  def declare_topology
+  # classic: classic queues, with none of the quorum queues' arguments.
+  def declare_topology(classic: false)
     dead = "#{@q}.dead"
     retry_x = "#{@q}.retry"
-    quorum = { "x-queue-type" => "quorum" }
-    at_least_once = { "x-dead-letter-strategy" => "at-least-once", "x-overflow" => "reject-publish" }
+    quorum = classic ? {} : { "x-queue-type" => "quorum" }
+    at_least_once = classic ? {} : { "x-dead-letter-strategy" => "at-least-once", "x-overflow" => "reject-publish" }
 
     exchange(@exchange, :direct)
     exchange(dead, :fanout)
     queue("#{@q}.dlq", quorum).bind(dead)
     exchange(retry_x, :headers, "alternate-exchange" => dead)
-    work = queue(@q, quorum.merge(at_least_once, "x-dead-letter-exchange" => dead, "x-delivery-limit" => 20))
+    limit = classic ? {} : { "x-delivery-limit" => 20 }
+    work = queue(@q, quorum.merge(at_least_once, "x-dead-letter-exchange" => dead, **limit))
     work.bind(@exchange, routing_key: "conformance")
     work.bind(@exchange, routing_key: "export")
     TIERS.each_with_index do |ttl, i|
@@ -345,9 +416,9 @@ class IntegrationTest < Minitest::Test
 
   # --- the worker subprocess ---------------------------------------------------------
 
-  def start_worker
+  def start_worker(settings = {})
     @stderr = Tempfile.new("worker")
-    env = { "LEVERET_URL" => URL, "LEVERET_QUEUE" => @q, "LEVERET_SCHEMAS" => SCHEMAS_DIR }
+    env = { "LEVERET_URL" => URL, "LEVERET_QUEUE" => @q, "LEVERET_SCHEMAS" => SCHEMAS_DIR }.merge(settings)
     @worker = Process.spawn(env, RbConfig.ruby, WORKER, err: @stderr.path, out: File::NULL)
     wait_for("the worker to consume #{@q}") { consumers(@q).positive? }
   end
@@ -446,6 +517,46 @@ class IntegrationTest < Minitest::Test
   end
 
   def depth(queue) = @ch.queue_declare(queue, passive: true).message_count
+
+  # --- making the broker nack (rabbitmqctl, on the test's broker) ----------------------
+
+  # Every publish to `queue` (a classic queue) is nacked until #allow.
+  def refuse(queue)
+    policy = "#{queue}.refuse"
+    @policies << policy
+    rabbitmqctl("set_policy", policy, "^#{Regexp.escape(queue)}$", '{"max-length": 0, "overflow": "reject-publish"}',
+                "--apply-to", "queues", "--priority", "100")
+    wait_for("the policy on #{queue}") { queue_info(queue, "policy") == policy }
+  end
+
+  def allow(queue)
+    policy = "#{queue}.refuse"
+    rabbitmqctl("clear_policy", policy)
+    @policies.delete(policy)
+    wait_for("no policy on #{queue}") { queue_info(queue, "policy").to_s.empty? }
+  end
+
+  # Delivered to a consumer and not settled yet.
+  def unacked(queue) = Integer(queue_info(queue, "messages_unacknowledged"))
+
+  def queue_info(queue, item)
+    rows = JSON.parse(rabbitmqctl("list_queues", "--formatter", "json", "name", item))
+    rows.find { |row| row["name"] == queue }&.fetch(item)
+  end
+
+  # The channels open on the worker's connection.
+  def worker_channels
+    rows = JSON.parse(rabbitmqctl("list_connections", "--formatter", "json", "channels", "client_properties"))
+    mine = rows.find { |row| row["client_properties"].to_s.include?(":#{@worker}") }
+    refute_nil mine, "the worker's connection"
+    mine["channels"]
+  end
+
+  def rabbitmqctl(*args)
+    out, status = Open3.capture2e("rabbitmqctl", "-q", *args)
+    assert status.success?, "rabbitmqctl #{args.join(' ')}: #{out}"
+    out
+  end
 
   def consumers(queue) = @ch.queue_declare(queue, passive: true).consumer_count
 

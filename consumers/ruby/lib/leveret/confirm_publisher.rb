@@ -11,6 +11,13 @@ module Leveret
   # use and reopened if the broker closed it. A publish has succeeded only when
   # the broker acked it; a basic.return (unroutable), a basic.nack, a closed
   # channel or a lost connection raise.
+  #
+  # A nack retires the thread's channel: the next publish goes out on a new one.
+  # (RabbitMQ 3.10/3.11 keep nacking on a channel whose quorum-queue client
+  # learned a queue's members while a stopped node was still recorded as
+  # leader; a new channel learns them afresh.) A retired channel is closed once
+  # the confirms of its publishes have all come, by this publisher: nothing
+  # else sees it close.
   class ConfirmPublisher
     DEFAULT_CONFIRM_TIMEOUT = 30.0
 
@@ -20,6 +27,7 @@ module Leveret
       @connection = connection
       @confirm_timeout = confirm_timeout
       @channels = {}
+      @retired = [] # nacked channels, closed once their confirms have come
       @mutex = Mutex.new
     end
 
@@ -30,24 +38,54 @@ module Leveret
     # @param body [String] the encoded body
     # @param properties [Hash] Bunny publish options (content_type, message_id, headers...)
     # @raise [Unroutable] the broker returned it: no queue is bound for the route
-    # @raise [NotConfirmed] nacked, channel closed (e.g. 404: no such exchange), no confirm in time
+    # @raise [Nacked] the broker nacked it; the next publish of this thread uses a new channel
+    # @raise [NotConfirmed] channel closed (e.g. 404: no such exchange), no confirm in time
     # @raise [ConnectionLost] the connection dropped before the confirm; publishing again is safe
     def publish(body, exchange:, routing_key:, properties:)
-      channel.publish(body, exchange: exchange, routing_key: routing_key, properties: properties,
+      current = channel
+      current.publish(body, exchange: exchange, routing_key: routing_key, properties: properties,
                             timeout: @confirm_timeout)
+    rescue Nacked
+      retire(current)
+      raise
     end
 
     # Close every channel this publisher opened (not the connection).
     def close
-      channels = @mutex.synchronize { @channels.values.tap { @channels.clear } }
+      channels = @mutex.synchronize do
+        (@channels.values + @retired).tap do
+          @channels.clear
+          @retired.clear
+        end
+      end
       channels.each(&:close)
     end
 
     private
 
+    # Take a nacked channel out of use (the calling thread gets a new one on
+    # its next publish); it is closed once its pending confirms have come.
+    def retire(nacked)
+      return if nacked.nil?
+
+      @mutex.synchronize do
+        @channels.delete(Thread.current) if @channels[Thread.current].equal?(nacked)
+        @retired << nacked
+      end
+      sweep_retired
+    end
+
+    # Close the retired channels whose publishes were all confirmed (or whose
+    # connection is gone: no confirm will come).
+    def sweep_retired
+      done = @mutex.synchronize { @retired.select(&:settled?).tap { |d| @retired -= d } }
+      done.each(&:close)
+    end
+
     # The calling thread's confirm channel.
     def channel
       thread = Thread.current
+      sweep_retired
       current = @mutex.synchronize do
         # Threads come and go (a Bunny work pool is rebuilt after a recovery):
         # close the channels of the dead ones.
@@ -76,12 +114,23 @@ module Leveret
       @outcomes = {}
       @returns = {}
       @exchanges = {}
+      @published = 0 # the last publish's sequence number
+      @recoveries = 0 # the channel's recoveries at that publish
+      @confirmed = 0 # the highest sequence number the broker acked or nacked
       @channel = connection.create_channel
       # The callback runs on Bunny's reader thread, for every ack or nack.
       @channel.confirm_select(method(:on_confirm))
     end
 
     def usable? = @channel.open? && @connection.open?
+
+    # Every publish was confirmed, or no confirm can come any more (the
+    # channel closed, or was recovered: the confirms of before are lost).
+    def settled?
+      return true if !usable? || @channel.recoveries_counter.get != @recoveries
+
+      @mutex.synchronize { @confirmed >= @published }
+    end
 
     def close
       @channel.close if @channel.open? && @connection.open?
@@ -94,7 +143,11 @@ module Leveret
       message_id = properties[:message_id]
       seq = @channel.next_publish_seq_no
       recoveries = @channel.recoveries_counter.get
-      @mutex.synchronize { @returns.delete(message_id) }
+      @mutex.synchronize do
+        @returns.delete(message_id)
+        @published = seq
+        @recoveries = recoveries
+      end
       begin
         @channel.basic_publish(body, exchange, routing_key, properties.merge(mandatory: true))
       rescue Bunny::ChannelAlreadyClosed => e
@@ -109,7 +162,7 @@ module Leveret
                           "#{exchange.inspect} with routing key #{routing_key.inspect} " \
                           "(#{returned.reply_code} #{returned.reply_text})"
       end
-      raise NotConfirmed, "the broker nacked message #{message_id}" if outcome == :nack
+      raise Nacked, "the broker nacked message #{message_id}" if outcome == :nack
 
       message_id
     end
@@ -129,6 +182,7 @@ module Leveret
     def on_confirm(tag, _multiple, nack)
       @mutex.synchronize do
         @outcomes[tag] = nack ? :nack : :ack
+        @confirmed = tag if tag > @confirmed
         @cond.broadcast
       end
     end

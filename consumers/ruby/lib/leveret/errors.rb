@@ -57,6 +57,10 @@ module Leveret
   # lost before the confirm arrived.
   class NotConfirmed < PublishError; end
 
+  # The broker nacked the message (a quorum queue refuses publishes for a while
+  # after its leader moved): sending it again, on a new channel, may succeed.
+  class Nacked < NotConfirmed; end
+
   # The broker closed the channel with 404: the exchange does not exist.
   class ExchangeMissing < NotConfirmed; end
 

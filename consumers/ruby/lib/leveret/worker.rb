@@ -12,7 +12,9 @@ module Leveret
   # threads). A delivery is acked only after its handler returned. A failure is
   # copied to `<queue>.retry` (transient) or `<queue>.dead` (permanent) on the
   # calling thread's confirm channel, and the delivery is acked only once the
-  # copy is confirmed, or rejected without requeue if it is not.
+  # copy is confirmed, or rejected without requeue if it is not. A nacked copy
+  # is sent again, each time on a new channel, for up to REPUBLISH_PATIENCE
+  # seconds; the delivery stays unacked meanwhile.
   #
   # The main thread only waits: for SIGTERM/SIGINT, for Bunny's "recovery
   # completed" hook, and every CHECK_INTERVAL seconds to check that the queue
@@ -20,6 +22,13 @@ module Leveret
   class Worker
     CHECK_INTERVAL = 5.0
     CONNECT_TIMEOUT = 30.0
+    # Seconds a failed delivery's copy is sent again while the broker nacks it
+    # (a quorum queue refuses publishes for a while after its leader moved);
+    # a copy still refused after this long is dead-lettered instead.
+    REPUBLISH_PATIENCE = 30.0
+    # The pause before the first resend of a nacked copy, doubling up to the most.
+    REPUBLISH_PAUSE = 0.05
+    REPUBLISH_PAUSE_MAX = 2.0
 
     # @param app [App] the queue and its handlers
     # @param url [String] the broker URL (its password never reaches a log line)
@@ -31,9 +40,10 @@ module Leveret
     # @param check_interval [Numeric] seconds between passive declares of the queue
     # @param stall_after [Numeric] seconds with messages waiting and none settled before it is unready
     # @param health_file [String, nil] a file touched at each check while the worker is live
+    # @param republish_patience [Numeric] seconds a nacked copy is sent again before the delivery is dead-lettered
     def initialize(app:, url:, prefetch: 8, concurrency: nil, grace: 30.0, max_attempts: nil, log: Log.new,
                    connect_timeout: CONNECT_TIMEOUT, check_interval: CHECK_INTERVAL,
-                   stall_after: Health::STALL_AFTER, health_file: nil)
+                   stall_after: Health::STALL_AFTER, health_file: nil, republish_patience: REPUBLISH_PATIENCE)
       raise ConfigurationError, "prefetch must be a positive integer" unless prefetch.is_a?(Integer) && prefetch.positive?
 
       @app = app
@@ -52,6 +62,7 @@ module Leveret
       @connect_timeout = connect_timeout
       @check_interval = check_interval
       @health_file = health_file
+      @republish_patience = republish_patience
       # What the probes ask (Health) and what /metrics shows (Metrics).
       @health = Health.new(queues: [app.queue], stall_after: stall_after, now: monotonic)
       @metrics = Metrics.new
@@ -299,9 +310,9 @@ module Leveret
         return "processed"
       end
 
+      began = monotonic
       begin
-        @publisher.publish(body, exchange: copy.exchange, routing_key: copy.routing_key,
-                                 properties: Wire.copy_properties(props.to_hash, copy.headers))
+        republish(body, props, copy, deadline: began + @republish_patience)
       rescue ConnectionLost => e
         # The delivery cannot be settled on a dead connection: the broker will
         # redeliver it (and the copy may exist too; handlers are idempotent).
@@ -310,7 +321,8 @@ module Leveret
       rescue PublishError => e
         # Never ack a message whose copy the broker did not take: rejecting it
         # sends it down Q's own dead-letter exchange, Q.dead, instead.
-        @log.error("message.republish_failed", message_id: props.message_id, exchange: copy.exchange, error: e.message)
+        @log.error("message.republish_failed", message_id: props.message_id, exchange: copy.exchange, error: e.message,
+                                               refused_for: (monotonic - began).round(3))
         channel.reject(tag, false)
         return "dead_lettered"
       end
@@ -319,6 +331,33 @@ module Leveret
     rescue Bunny::Exception, IOError, SystemCallError, Timeout::Error => e
       @log.warning("message.settle_failed", message_id: props.message_id, error: "#{e.class}: #{e.message}")
       "redelivery_pending"
+    end
+
+    # Publish a failed delivery's copy, sending it again while the broker nacks
+    # it: after a pause (doubling), on a new channel (the publisher retires a
+    # nacked one). The first nack is logged, once per delivery.
+    #
+    # @raise [Nacked] still nacked at `deadline`
+    # @raise [PublishError] returned, channel closed, connection lost: at once
+    def republish(body, props, copy, deadline:)
+      properties = Wire.copy_properties(props.to_hash, copy.headers)
+      pause = REPUBLISH_PAUSE
+      refusals = 0
+      begin
+        @publisher.publish(body, exchange: copy.exchange, routing_key: copy.routing_key, properties: properties)
+      rescue Nacked
+        now = monotonic
+        raise if now + pause > deadline
+
+        if refusals.zero? # once a delivery: the outcome's line says how it ended
+          @log.warning("message.republish_refused", message_id: props.message_id, exchange: copy.exchange,
+                                                    sending_again_for: (deadline - now).round(3))
+        end
+        refusals += 1
+        sleep pause
+        pause = [pause * 2, REPUBLISH_PAUSE_MAX].min
+        retry
+      end
     end
 
     # The one log line of a settled delivery.
