@@ -14,6 +14,9 @@ const (
 	DefaultURL      = "amqp://localhost:5672/" // no credentials: RabbitMQ's default user
 	DefaultQueue    = "leveret.demo.tasks"
 	DefaultPrefetch = 8
+	// DefaultRepublishPatience is how long a nacked retry or dead-letter copy
+	// is sent again before the delivery is dead-lettered.
+	DefaultRepublishPatience = 30 * time.Second
 )
 
 // Config is what a worker needs to run.
@@ -37,13 +40,18 @@ type Config struct {
 	HTTPPort   int
 	StallAfter time.Duration // messages waiting this long with none settled: unready
 	HealthFile string        // touched at each check while the worker is live ("" for none)
+	// RepublishPatience is how long a copy the broker nacks is sent again
+	// (each time on a new channel) before the delivery is rejected to Q's
+	// dead-letter exchange; DefaultRepublishPatience when 0.
+	RepublishPatience time.Duration
 }
 
 // ConfigFromEnv reads LEVERET_URL (comma-separated for several nodes),
 // LEVERET_QUEUE, LEVERET_SCHEMAS, LEVERET_PREFETCH, LEVERET_MAX_ATTEMPTS
-// (optional), LEVERET_HTTP_PORT and LEVERET_HTTP_HOST, LEVERET_STALL_AFTER and
-// LEVERET_CHECK_INTERVAL (seconds), and LEVERET_HEALTH_FILE through getenv
-// (os.Getenv), with the defaults for anything unset.
+// (optional), LEVERET_HTTP_PORT and LEVERET_HTTP_HOST, LEVERET_STALL_AFTER,
+// LEVERET_CHECK_INTERVAL and LEVERET_REPUBLISH_PATIENCE (seconds), and
+// LEVERET_HEALTH_FILE through getenv (os.Getenv), with the defaults for
+// anything unset.
 func ConfigFromEnv(getenv func(string) string) (Config, error) {
 	cfg := Config{
 		Queue:          DefaultQueue,
@@ -108,6 +116,9 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		return cfg, err
 	}
 	if cfg.CheckInterval, err = seconds(getenv, "LEVERET_CHECK_INTERVAL", cfg.CheckInterval); err != nil {
+		return cfg, err
+	}
+	if cfg.RepublishPatience, err = seconds(getenv, "LEVERET_REPUBLISH_PATIENCE", DefaultRepublishPatience); err != nil {
 		return cfg, err
 	}
 	return cfg, nil

@@ -132,3 +132,18 @@ func TestConfigProbeSettings(t *testing.T) {
 		}
 	}
 }
+
+func TestConfigRepublishPatience(t *testing.T) {
+	cfg, err := ConfigFromEnv(env(nil))
+	if err != nil || cfg.RepublishPatience != 30*time.Second {
+		t.Fatalf("default %v, %v", cfg.RepublishPatience, err)
+	}
+	cfg, err = ConfigFromEnv(env(map[string]string{"LEVERET_REPUBLISH_PATIENCE": "1.5"}))
+	if err != nil || cfg.RepublishPatience != 1500*time.Millisecond {
+		t.Fatalf("from the environment %v, %v", cfg.RepublishPatience, err)
+	}
+	if _, err := ConfigFromEnv(env(map[string]string{"LEVERET_REPUBLISH_PATIENCE": "-1"})); err == nil ||
+		!strings.Contains(err.Error(), "LEVERET_REPUBLISH_PATIENCE") {
+		t.Errorf("a negative patience: %v", err)
+	}
+}

@@ -111,6 +111,7 @@ type topology struct {
 	bindDLQ     bool   // bind Q.dlq to Q.dead
 	extraQueues []string
 	extraExch   []string
+	classic     bool // classic queues rather than quorum ones (a policy can limit them)
 }
 
 func uniqueQueue(name string) string {
@@ -127,7 +128,13 @@ func (b *broker) declare(top topology) {
 	dead, retry, dlq := q+".dead", q+".retry", q+".dlq"
 	quorum := func(extra amqp.Table) amqp.Table {
 		args := amqp.Table{"x-queue-type": "quorum"}
+		if top.classic {
+			args = amqp.Table{}
+		}
 		for k, v := range extra {
+			if top.classic && (k == "x-dead-letter-strategy" || k == "x-delivery-limit") {
+				continue // quorum queues only
+			}
 			args[k] = v
 		}
 		return args

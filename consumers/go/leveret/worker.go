@@ -48,6 +48,9 @@ func New(cfg Config, log *Logger) *Worker {
 	if cfg.StallAfter <= 0 {
 		cfg.StallAfter = DefaultStallAfter
 	}
+	if cfg.RepublishPatience <= 0 {
+		cfg.RepublishPatience = DefaultRepublishPatience
+	}
 	return &Worker{
 		cfg: cfg,
 		log: log,
@@ -173,15 +176,13 @@ func (w *Worker) session(ctx context.Context, resumed bool) (consumed bool, err 
 		w.log.Warn("status.exchange_missing", "exchange", StatusExchange, "tracked", tracked,
 			"hint", "status is not reported")
 	}
-	pubCh, err := conn.Channel()
+	// The confirm channel renews itself after a nack: pubClosed tells only of
+	// its current channel, not of one it retired.
+	pub, err := newConfirmer(conn, w.log)
 	if err != nil {
 		return false, err
 	}
-	pubClosed := pubCh.NotifyClose(make(chan *amqp.Error, 1))
-	pub, err := newConfirmer(pubCh)
-	if err != nil {
-		return false, err
-	}
+	pubClosed := pub.Lost()
 	check, err := conn.Channel()
 	if err != nil {
 		return false, err
@@ -476,9 +477,18 @@ func (w *Worker) call(fn HandlerFunc, task *Task) error {
 	}
 }
 
+// Pauses between the sendings of a nacked copy: from republishPause, doubling,
+// at most republishPauseMax.
+const (
+	republishPause    = 50 * time.Millisecond
+	republishPauseMax = 2 * time.Second
+)
+
 // settle acks a processed delivery; for a failed one it publishes the copy to
 // Q.retry or Q.dead, waits for the confirm and acks, or rejects without
 // requeue when the copy is not confirmed (Q's dead-letter exchange keeps it).
+// A nacked copy is sent again for up to RepublishPatience first, the delivery
+// unacked meanwhile.
 func (w *Worker) settle(pub *confirmer, d *amqp.Delivery, f *Failure) string {
 	if f == nil {
 		if err := d.Ack(false); err != nil {
@@ -491,7 +501,8 @@ func (w *Worker) settle(pub *confirmer, d *amqp.Delivery, f *Failure) string {
 	queue := w.cfg.Queue
 	headers := CopyHeaders(d.Headers, *f, queue, queue+"@"+w.identity, d.Exchange, d.RoutingKey, now)
 	exchange := f.Exchange(queue)
-	err := pub.Publish(context.Background(), exchange, "", CopyPublishing(d, headers, now))
+	began := time.Now()
+	err := w.republish(pub, d, exchange, CopyPublishing(d, headers, now), began.Add(w.cfg.RepublishPatience))
 	if err == nil {
 		if err := d.Ack(false); err != nil {
 			w.log.Warn("message.settle_failed", "message_id", d.MessageId, "error", err)
@@ -502,12 +513,44 @@ func (w *Worker) settle(pub *confirmer, d *amqp.Delivery, f *Failure) string {
 		}
 		return "retry_scheduled"
 	}
-	w.log.Error("message.republish_failed", "message_id", d.MessageId, "exchange", exchange, "error", err)
+	w.log.Error("message.republish_failed", "message_id", d.MessageId, "exchange", exchange, "error", err,
+		"refused_for", roundSeconds(time.Since(began)))
 	if err := d.Reject(false); err != nil {
 		w.log.Warn("message.settle_failed", "message_id", d.MessageId, "error", err)
 		return "redelivery_pending"
 	}
 	return "dead_lettered"
+}
+
+// republish publishes a failed delivery's copy, sending it again while the
+// broker nacks it: after a pause (doubling), on a new channel (a nack renews
+// the confirmer's). The first nack is logged, once per delivery. It returns
+// ErrNacked when still nacked at deadline; a return or a closed channel at once.
+func (w *Worker) republish(pub *confirmer, d *amqp.Delivery, exchange string, msg amqp.Publishing, deadline time.Time) error {
+	pause := republishPause
+	for refusals := 0; ; refusals++ {
+		err := pub.Publish(context.Background(), exchange, "", msg)
+		if !errors.Is(err, ErrNacked) {
+			return err
+		}
+		now := time.Now()
+		if now.Add(pause).After(deadline) {
+			return err
+		}
+		if refusals == 0 { // once a delivery: the outcome's line says how it ended
+			w.log.Warn("message.republish_refused", "message_id", d.MessageId, "exchange", exchange,
+				"sending_again_for", roundSeconds(deadline.Sub(now)))
+		}
+		time.Sleep(pause)
+		if pause *= 2; pause > republishPauseMax {
+			pause = republishPauseMax
+		}
+	}
+}
+
+// roundSeconds is d in seconds, to the millisecond.
+func roundSeconds(d time.Duration) float64 {
+	return float64(d.Milliseconds()) / 1000
 }
 
 // report logs the one line of a settled delivery.
