@@ -8,6 +8,7 @@ export const DEFAULTS = Object.freeze({
   queue: "leveret.demo.tasks",
   prefetch: 8,
   graceSeconds: 30,
+  republishPatienceSeconds: 30,
 });
 
 /** The repository's schemas/ folder, found relative to this file (consumers/node/src/). */
@@ -47,7 +48,9 @@ function port(name, raw) {
  *   LEVERET_HTTP_PORT and LEVERET_HTTP_HOST (serve /livez, /readyz and
  *   /metrics; no port, no server; host 127.0.0.1 by default),
  *   LEVERET_STALL_AFTER (seconds, default 300), LEVERET_CHECK_INTERVAL
- *   (seconds between checks of the queue, default 5), LEVERET_HEALTH_FILE.
+ *   (seconds between checks of the queue, default 5), LEVERET_HEALTH_FILE,
+ *   LEVERET_REPUBLISH_PATIENCE (seconds a nacked retry or dead-letter copy is
+ *   sent again before the delivery is dead-lettered, default 30).
  */
 export function loadConfig(env = process.env) {
   const url = env.LEVERET_URL || DEFAULTS.url;
@@ -64,6 +67,7 @@ export function loadConfig(env = process.env) {
     stallAfter: positiveNumber("LEVERET_STALL_AFTER", env.LEVERET_STALL_AFTER, STALL_AFTER),
     checkIntervalMs: positiveNumber("LEVERET_CHECK_INTERVAL", env.LEVERET_CHECK_INTERVAL, 5) * 1000,
     healthFile: env.LEVERET_HEALTH_FILE || null,
+    republishPatienceMs: positiveNumber("LEVERET_REPUBLISH_PATIENCE", env.LEVERET_REPUBLISH_PATIENCE, DEFAULTS.republishPatienceSeconds) * 1000,
   };
 }
 

@@ -16,6 +16,14 @@ export class NotConfirmed extends PublishError {
   name = "NotConfirmed";
 }
 
+/**
+ * The broker nacked the message on an open channel: it did not take it, and
+ * may take it if sent again (RabbitMQ 3.10/3.11 can keep nacking on one
+ * channel while a new channel's publishes go through). Its name stays
+ * NotConfirmed: what the Publisher's callers see does not change.
+ */
+export class Nacked extends NotConfirmed {}
+
 /** The exchange does not exist (404): run `leveret topology apply`. */
 export class ExchangeMissing extends PublishError {
   name = "ExchangeMissing";
@@ -74,8 +82,9 @@ export class ConfirmPublisher {
   }
 
   /**
-   * Publish and wait for the confirm. Rejects with Unroutable, NotConfirmed,
-   * ExchangeMissing, AccessRefused or ChannelLost (all PublishErrors).
+   * Publish and wait for the confirm. Rejects with Unroutable, NotConfirmed
+   * (Nacked for a nack), ExchangeMissing, AccessRefused or ChannelLost (all
+   * PublishErrors).
    */
   publish(exchange, routingKey, body, options) {
     return new Promise((resolve, reject) => {
@@ -111,7 +120,7 @@ export class ConfirmPublisher {
   }
 
   #failure(exchange, messageId) {
-    if (!this.#closed) return new NotConfirmed(`the broker nacked message ${messageId}`);
+    if (!this.#closed) return new Nacked(`the broker nacked message ${messageId}`);
     const cause = this.#brokerError;
     if (!cause) return new ChannelLost(`the connection closed before the broker confirmed message ${messageId}`);
     const text = String(cause.message ?? cause).replace(/^Channel closed by server: /, "");

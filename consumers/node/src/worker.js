@@ -8,7 +8,7 @@ import { hostname } from "node:os";
 import { setTimeout as sleep } from "node:timers/promises";
 import amqp from "amqplib";
 import { redact, scrub } from "./config.js";
-import { ConfirmPublisher } from "./confirm.js";
+import { ConfirmPublisher, Nacked } from "./confirm.js";
 import { Health, STALL_AFTER } from "./health.js";
 import { logger } from "./log.js";
 import { Metrics } from "./metrics.js";
@@ -32,6 +32,11 @@ export const DEFAULT_TIMEOUT_MS = 25 * 60 * 1000;
 /** How often the worker asks the broker about its queue (a passive declare). */
 export const CHECK_INTERVAL_MS = 5000;
 const START_PATIENCE_MS = 30_000;
+/**
+ * How long a nacked retry or dead-letter copy is sent again before the
+ * delivery is rejected to Q.dead (LEVERET_REPUBLISH_PATIENCE, in seconds).
+ */
+export const REPUBLISH_PATIENCE_MS = 30_000;
 
 /** The worker cannot start, and retrying will not help: exit 1 with this one line. */
 export class StartupError extends Error {
@@ -57,6 +62,7 @@ class ConnectionLost extends Error {
  * @param options.stallAfter  seconds with messages waiting and none settled before the worker is unready
  * @param options.checkIntervalMs how often the queue is checked (consumers, messages waiting)
  * @param options.healthFile  a file touched at each check while the worker is live, or null
+ * @param options.republishPatienceMs how long a nacked copy is sent again before the delivery is rejected
  */
 export class Worker {
   #stopRequested = false;
@@ -78,6 +84,7 @@ export class Worker {
     stallAfter = STALL_AFTER,
     checkIntervalMs = CHECK_INTERVAL_MS,
     healthFile = null,
+    republishPatienceMs = REPUBLISH_PATIENCE_MS,
   }) {
     this.url = url;
     this.queue = queue;
@@ -89,6 +96,7 @@ export class Worker {
     this.log = log;
     this.checkIntervalMs = checkIntervalMs;
     this.healthFile = healthFile;
+    this.republishPatienceMs = republishPatienceMs;
     /** What the probes ask (src/health.js), and the figures /metrics shows. */
     this.health = new Health({ queues: [queue], stallAfter, now: monotonic() });
     this.metrics = new Metrics();
@@ -224,6 +232,12 @@ export class Worker {
       await this.#verify(conn, started);
       const check = await open("check");
       const publisher = new ConfirmPublisher(await open("publish", true));
+      // A channel for one resend of a nacked copy: RabbitMQ 3.10/3.11 can keep
+      // nacking on a channel whose quorum-queue client learned a queue's
+      // members while a stopped node was still recorded as its leader; a new
+      // channel learns them afresh. Unwatched, so its closing is no lost
+      // connection; an error on it fails that publish (ConfirmPublisher).
+      const fresh = () => conn.createConfirmChannel();
       const consume = await open("consume");
       await consume.prefetch(this.prefetch);
       let draining = false;
@@ -240,7 +254,7 @@ export class Worker {
             }
             return;
           }
-          const task = this.#process(msg, consume, publisher).finally(() => this.#inflight.delete(task));
+          const task = this.#process(msg, consume, publisher, fresh).finally(() => this.#inflight.delete(task));
           this.#inflight.add(task);
         },
         { noAck: false },
@@ -346,7 +360,7 @@ export class Worker {
   }
 
   /** Check, run and settle one delivery; log its outcome. Never throws. */
-  async #process(msg, consume, publisher) {
+  async #process(msg, consume, publisher, fresh) {
     const started = performance.now();
     this.metrics.received(this.queue);
     const delivery = toDelivery(msg);
@@ -378,7 +392,7 @@ export class Worker {
     } catch (err) {
       decision = failure(delivery, this.queue, err, { consumer: `${this.queue}@${this.identity}` });
     }
-    const outcome = await this.#settle(msg, decision, consume, publisher);
+    const outcome = await this.#settle(msg, decision, consume, publisher, fresh);
     this.health.settled(monotonic());
     this.metrics.settled(this.queue, delivery.type, outcome, (performance.now() - started) / 1000);
     // After the copy was confirmed and the delivery settled. The worker does
@@ -470,17 +484,22 @@ export class Worker {
   }
 
   /** Ack; or publish the copy, wait for the confirm, then ack; or reject without requeue. */
-  async #settle(msg, decision, consume, publisher) {
+  async #settle(msg, decision, consume, publisher, fresh) {
     try {
       if (decision === null) {
         consume.ack(msg);
         return "processed";
       }
+      const began = Date.now();
       try {
-        await publisher.publish(decision.exchange, decision.routingKey, msg.content, decision.properties);
+        await this.#republish(msg, decision, publisher, fresh, began + this.republishPatienceMs);
       } catch (err) {
-        // nacked, returned, or the publish channel closed
-        this.log.error("message.republish_failed", { exchange: decision.exchange, error: this.#text(err) });
+        // still nacked at the deadline, returned, or the publish channel closed
+        this.log.error("message.republish_failed", {
+          exchange: decision.exchange,
+          error: this.#text(err),
+          refused_for: (Date.now() - began) / 1000,
+        });
         // Never ack a message whose copy the broker did not take: rejecting
         // it sends it down Q's own dead-letter exchange (Q.dead) instead.
         consume.reject(msg, false);
@@ -492,6 +511,41 @@ export class Worker {
       // The consuming channel is gone: the broker redelivers the message.
       this.log.warn("message.settle_failed", { error: this.#text(err) });
       return "redelivery_pending";
+    }
+  }
+
+  /**
+   * Publish a failed delivery's copy, sending it again while the broker nacks
+   * it, each on a confirm channel of its own, until `deadline` (ms since the
+   * epoch). Rejects with the last Nacked, or at once on anything else
+   * (returned, the channel closed).
+   */
+  async #republish(msg, decision, publisher, fresh, deadline) {
+    const send = (p) => p.publish(decision.exchange, decision.routingKey, msg.content, decision.properties);
+    let pause = 50;
+    for (let refusals = 0; ; refusals += 1) {
+      try {
+        if (refusals === 0) return await send(publisher);
+        const ch = await fresh();
+        try {
+          return await send(new ConfirmPublisher(ch));
+        } finally {
+          await closeChannel(ch);
+        }
+      } catch (err) {
+        if (!(err instanceof Nacked)) throw err;
+        const now = Date.now();
+        if (now + pause > deadline) throw err;
+        if (refusals === 0) {
+          // once a delivery: the outcome's line says how it ended
+          this.log.warn("message.republish_refused", {
+            exchange: decision.exchange,
+            sending_again_for: (deadline - now) / 1000,
+          });
+        }
+      }
+      await sleep(pause);
+      pause = Math.min(pause * 2, 2000);
     }
   }
 }

@@ -11,6 +11,7 @@ describe("loadConfig", () => {
     assert.equal(config.queue, "leveret.demo.tasks");
     assert.equal(config.prefetch, 8);
     assert.equal(config.graceMs, 30_000);
+    assert.equal(config.republishPatienceMs, 30_000);
     assert.equal(config.schemas, DEFAULT_SCHEMAS);
   });
 
@@ -31,6 +32,7 @@ describe("loadConfig", () => {
       LEVERET_STALL_AFTER: "60",
       LEVERET_CHECK_INTERVAL: "0.5",
       LEVERET_HEALTH_FILE: "/tmp/live",
+      LEVERET_REPUBLISH_PATIENCE: "1.5",
     });
     assert.deepEqual(config, {
       url: "amqp://u:p@rabbit:5672/vh",
@@ -44,6 +46,7 @@ describe("loadConfig", () => {
       stallAfter: 60,
       checkIntervalMs: 500,
       healthFile: "/tmp/live",
+      republishPatienceMs: 1500,
     });
     assert.equal(loadConfig({}).maxAttempts, null);
   });

@@ -57,9 +57,10 @@ async function waitFor(predicate, what, timeoutMs = 20_000) {
 
 /** The broker side of one test queue: topology, publishing, receipts, dead letters. */
 class Harness {
-  constructor(label, { unboundDead = false } = {}) {
+  constructor(label, { unboundDead = false, classic = false } = {}) {
     this.q = `leveret.node-test.${label}.${process.pid}.${randomUUID().slice(0, 8)}`;
     this.unboundDead = unboundDead;
+    this.classic = classic; // classic queues: a policy can make one nack every publish
     this.receipts = new Map(); // task message id -> [{attempt, consumer, msg}]
     this.dead = new Map(); // message id -> amqplib message
   }
@@ -76,8 +77,9 @@ class Harness {
     this.conn = await amqp.connect(URL_);
     this.ch = await this.conn.createConfirmChannel();
     const { ch, q } = this;
-    const quorum = { "x-queue-type": "quorum" };
-    const atLeastOnce = { "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish" };
+    const quorum = this.classic ? {} : { "x-queue-type": "quorum" };
+    const atLeastOnce = this.classic ? {} : { "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish" };
+    const limit = this.classic ? {} : { "x-delivery-limit": int(20) };
     await ch.assertExchange(`${q}.ex`, "direct", { durable: true });
     // Q.dead (fanout) -> Q.dlq
     await ch.assertExchange(`${q}.dead`, "fanout", { durable: true });
@@ -97,7 +99,7 @@ class Harness {
         ...quorum,
         "x-dead-letter-exchange": this.unboundDead ? `${q}.rejected` : `${q}.dead`,
         ...atLeastOnce,
-        "x-delivery-limit": int(20),
+        ...limit,
       },
     });
     await ch.bindQueue(q, `${q}.ex`, ROUTING_KEY);
@@ -415,6 +417,87 @@ describe("reconnecting", { skip: skip || (!rabbitmqctl && "rabbitmqctl is not av
     const id = await h.publish({ payload: { note: "after reconnect" } });
     assert.deepEqual((await h.receipt(id)).map((r) => r.attempt), [1]);
     assert.ok(worker.events("worker.connection_lost").length >= 1);
+  });
+});
+
+const ctl = (...args) => promisify(execFile)("rabbitmqctl", [...args, "--quiet"]);
+
+/** Make the broker nack every publish to `queue` (a classic queue) until the returned function is called. */
+async function refuse(queue) {
+  const name = `${queue}.refuse`;
+  const pattern = `^${queue.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}$`;
+  await ctl("set_policy", name, pattern, JSON.stringify({ "max-length": 0, overflow: "reject-publish" }), "--apply-to", "queues");
+  let cleared = false;
+  return async () => {
+    if (cleared) return;
+    cleared = true;
+    await ctl("clear_policy", name);
+  };
+}
+
+/** The number of Q's deliveries the worker holds unacked. */
+async function unacked(queue) {
+  const { stdout } = await ctl("list_queues", "name", "messages_unacknowledged");
+  const line = stdout.split("\n").find((l) => l.split("\t")[0] === queue);
+  return Number(line?.split("\t")[1]);
+}
+
+describe("a retry copy the broker nacks", { skip: skip || (!rabbitmqctl && "rabbitmqctl is not available"), timeout: 60_000 }, () => {
+  it("is sent again, the delivery unacked meanwhile, until the broker takes it", async () => {
+    const h = new Harness("nacked", { classic: true });
+    await h.setUp();
+    const allow = await refuse(`${h.q}.retry.1`);
+    try {
+      const worker = await h.start();
+      const id = await h.publish({ payload: { fail_times: 1 } });
+      const [refused] = await waitFor(() => worker.events("message.republish_refused").length && worker.events("message.republish_refused"), "the log of the first nack");
+      assert.equal(refused.level, "warning");
+      assert.equal(refused.exchange, `${h.q}.retry`);
+      assert.ok(refused.sending_again_for > 25 && refused.sending_again_for <= 30, `${refused.sending_again_for}`);
+      await sleep(1500); // several resends, each nacked
+      assert.equal(worker.events("message.republish_refused").length, 1, "logged once a delivery");
+      assert.equal(await unacked(h.q), 1, "the delivery is held, not acked");
+      // check, publish and consume, and at most the one resend's channel: each closes after its try
+      const { stdout } = await ctl("list_connections", "channels", "client_properties");
+      const mine = stdout.split("\n").filter((l) => l.includes("leveret-node-worker ") && l.includes(`:${worker.pid}`));
+      assert.equal(mine.length, 1, stdout);
+      assert.ok(Number(mine[0].split("\t")[0]) <= 4, mine[0]);
+      assert.equal((await h.ch.checkQueue(`${h.q}.dlq`)).messageCount, 0);
+      for (const event of ["message.retry_scheduled", "message.dead_lettered", "message.republish_failed"]) {
+        assert.deepEqual(worker.events(event), [], event);
+      }
+      await allow();
+      assert.deepEqual((await h.receipt(id)).map((r) => r.attempt), [2]);
+      await waitFor(() => worker.events("message.retry_scheduled").length === 1, "the retry's log line");
+      assert.equal((await h.ch.checkQueue(`${h.q}.dlq`)).messageCount, 0);
+      assert.deepEqual(worker.events("message.republish_failed"), []);
+    } finally {
+      await allow();
+      await h.tearDown();
+    }
+  });
+
+  it("is dead-lettered once the patience is spent: rejected, with refused_for", async () => {
+    const h = new Harness("nacked-long", { classic: true });
+    await h.setUp();
+    const allow = await refuse(`${h.q}.retry.1`);
+    try {
+      const worker = await h.start({ LEVERET_REPUBLISH_PATIENCE: "1" });
+      const id = await h.publish({ payload: { fail_times: 1 } });
+      const letter = await h.deadLetter(id);
+      const death = letter.properties.headers["x-death"];
+      assert.equal(death[0].reason, "rejected");
+      assert.equal(death[0].queue, h.q);
+      const [failed] = await waitFor(() => worker.events("message.republish_failed").length && worker.events("message.republish_failed"), "the log of the failure");
+      assert.equal(failed.exchange, `${h.q}.retry`);
+      assert.ok(failed.refused_for >= 0.5 && failed.refused_for <= 1.5, `refused_for ${failed.refused_for}`);
+      assert.equal(worker.events("message.republish_refused").length, 1);
+      assert.equal(worker.events("message.dead_lettered").length, 1);
+      assert.equal(h.receipts.get(id), undefined);
+    } finally {
+      await allow();
+      await h.tearDown();
+    }
   });
 });
 
