@@ -4,13 +4,23 @@
 // does; the login is written into the URL so that the tests checking that no
 // output shows the password check a real one.
 
+import { createRequire } from "node:module";
+import { dirname, join } from "node:path";
+
 const LOCAL = "amqp://127.0.0.1:5672/";
-const DEFAULT_LOGIN = ["guest", "guest"]; // RabbitMQ's default user, amqplib's default login
+
+// amqplib's own rule for the login of a URL without one (its lib/connect.js, which
+// the package's exports leave out; a file path reaches it), so that no login is
+// written here.
+const require = createRequire(import.meta.url);
+const { credentialsFromUrl } = require(join(dirname(require.resolve("amqplib")), "lib", "connect.js"));
 
 export function withLogin(raw) {
   const url = new URL(raw);
   if (url.username) return raw;
-  [url.username, url.password] = DEFAULT_LOGIN;
+  const { username, password } = credentialsFromUrl(url);
+  url.username = encodeURIComponent(username);
+  url.password = encodeURIComponent(password);
   return url.toString();
 }
 
